@@ -1,0 +1,431 @@
+"""The one module that talks to ib_insync: a persistent connection and the operations on it.
+
+``IBKR`` holds one ib_insync ``IB`` connection and offers what the product
+brief promises (status, account, positions, orders, trades, order placement,
+cancel, quotes) in qdibkr's terms: symbols as users write them, plain
+dataclasses and pandas DataFrames back, and TWS's errors turned into
+exceptions that say what to do. Every operation has an ``async`` form (for
+the HTTP server and async code) and a blocking form (for scripts, the CLI and
+notebooks, where nested event loops are enabled automatically).
+"""
+
+import asyncio
+import datetime as dt
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, util
+
+from .config import PRESET_LIST, Settings, load_settings
+from .errors import ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, TWSError
+from .symbols import FORMATS, HK_SHARE, Symbol, parse_symbol
+
+log = logging.getLogger("qdibkr")
+
+ACK_TIMEOUT = 10.0
+DONE_STATUSES = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
+ACKED_STATUSES = DONE_STATUSES | {"PreSubmitted", "Submitted"}
+ORDER_ERRORS = {201, 202, 103, 104, 135, 10148, 436, 200, 321, 320}
+LIVE_DATA, DELAYED_DATA = 1, 3
+NOT_SUBSCRIBED = {354, 10089, 10168}
+
+
+@dataclass(frozen=True)
+class Status:
+    connected: bool
+    host: str
+    port: int
+    client_id: int
+    account: str
+    server_version: int | None
+    server_time: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    account: str
+    base_currency: str
+    net_liquidation: float
+    buying_power: float
+    available_funds: float
+    cash: dict[str, float]
+    unrealized_pnl: float
+    realized_pnl: float
+
+
+@dataclass(frozen=True)
+class OrderResult:
+    order_id: int
+    perm_id: int
+    symbol: str
+    side: str
+    quantity: float
+    order_type: str
+    limit_price: float | None
+    tif: str
+    status: str
+    filled: float
+    remaining: float
+    avg_fill_price: float | None
+    order_ref: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Quote:
+    symbol: str
+    currency: str
+    bid: float | None
+    ask: float | None
+    last: float | None
+    close: float | None
+    volume: float | None
+    time: dt.datetime | None
+    delayed: bool
+
+
+def _num(x) -> float | None:
+    """ib_insync marks a missing price as NaN (or -1 for some sizes); we say None."""
+    if x is None or (isinstance(x, float) and (math.isnan(x) or x == -1)):
+        return None
+    return float(x)
+
+
+def _reason(text: str) -> str:
+    """IB's rejection text after its ``Order rejected - reason:`` prefix."""
+    return text.split("reason:", 1)[1].strip() if "reason:" in text else text
+
+
+class IBKR:
+    """A connection to TWS / IB Gateway, and everything qdibkr does with it.
+
+    Create it with settings (see ``config.load_settings``), then ``connect()``;
+    the connection is kept and reused by every call until ``disconnect()``.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides):
+        self.settings = settings or load_settings(**overrides)
+        self.ib = IB()
+        self.account = ""
+        self._contracts: dict[Symbol, tuple[Contract, float]] = {}
+        self._errors: dict[int, list[tuple[int, str]]] = {}
+        self.ib.errorEvent += self._on_error
+
+    # ------------------------------------------------------------ plumbing
+    def _on_error(self, req_id, code, text, contract):
+        self._errors.setdefault(req_id, []).append((code, text))
+        if code == 100:
+            log.warning("IB pacing: more than 50 messages per second were sent; TWS may disconnect. %s", text)
+        elif code in (1100, 1101, 1102):
+            log.warning("TWS connectivity: %s", text)
+
+    def _run(self, coro):
+        """Run a coroutine to completion from blocking code, also inside Jupyter's running loop."""
+        loop = util.getLoop()
+        if loop.is_running():
+            util.patchAsyncio()
+        return util.run(coro)
+
+    def _require_connection(self):
+        if not self.ib.isConnected():
+            s = self.settings
+            raise NotConnectedError(f"not connected to TWS/IB Gateway ({s.host}:{s.port}); call connect() first")
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc):
+        self.disconnect()
+
+    # ------------------------------------------------------------ connection
+    async def connect_async(self) -> "IBKR":
+        if self.ib.isConnected():
+            return self
+        s = self.settings
+        s.check_port()
+        errors = self._errors.setdefault(-1, [])
+        errors.clear()
+        try:
+            await self.ib.connectAsync(s.host, s.port, clientId=s.client_id, timeout=s.timeout, account=s.account)
+        except ConnectionRefusedError:
+            raise ConnectError(
+                f"could not connect to TWS/IB Gateway at {s.host}:{s.port}: nothing is listening there. "
+                f"Start TWS or IB Gateway and log in, check the API socket port (Configure > API > Settings), "
+                f"and enable the API ('Enable ActiveX and Socket Clients'). Ports: {PRESET_LIST}.") from None
+        except (asyncio.TimeoutError, ConnectionError, OSError) as e:
+            if any(code == 326 for code, _ in errors):
+                raise ConnectError(
+                    f"client id {s.client_id} is already in use by another program connected to this TWS/Gateway. "
+                    f"Use a different client id: --client-id {s.client_id + 1}, client_id={s.client_id + 1} "
+                    f"or QDIBKR_CLIENT_ID.") from None
+            raise ConnectError(
+                f"TWS/IB Gateway at {s.host}:{s.port} did not complete the API handshake ({type(e).__name__}). "
+                f"Enable the API (Configure > API > Settings > 'Enable ActiveX and Socket Clients'), allow "
+                f"connections from localhost, accept TWS's incoming-connection prompt, and check the port "
+                f"({PRESET_LIST}).") from None
+        try:
+            self.account = self._choose_account(self.ib.managedAccounts())
+            s.check_account(self.account)
+        except Exception:
+            self.ib.disconnect()
+            raise
+        return self
+
+    def connect(self) -> "IBKR":
+        return self._run(self.connect_async())
+
+    def _choose_account(self, accounts: list[str]) -> str:
+        wanted = self.settings.account
+        if wanted:
+            if wanted not in accounts:
+                raise InputError("account", f"{wanted} is not managed by this login; its accounts are {', '.join(accounts)}")
+            return wanted
+        if len(accounts) > 1:
+            raise InputError(
+                "account", f"this login manages several accounts ({', '.join(accounts)}); name one with "
+                           f"account=..., --account or QDIBKR_ACCOUNT")
+        return accounts[0]
+
+    def disconnect(self):
+        self.ib.disconnect()
+
+    async def status_async(self) -> Status:
+        s = self.settings
+        connected = self.ib.isConnected()
+        server_time = await self.ib.reqCurrentTimeAsync() if connected else None
+        return Status(connected, s.host, s.port, s.client_id, self.account,
+                      self.ib.client.serverVersion() if connected else None, server_time)
+
+    def status(self) -> Status:
+        return self._run(self.status_async())
+
+    # ------------------------------------------------------------ contracts
+    async def contract_async(self, symbol: str, market_type: str | None = None) -> tuple[Symbol, Contract, float]:
+        """The qualified contract and board lot of a user's symbol, cached for the session."""
+        self._require_connection()
+        sym = parse_symbol(symbol, market_type)
+        if sym not in self._contracts:
+            contract = Stock(sym.ib_symbol, sym.exchange, sym.currency)
+            details = await self.ib.reqContractDetailsAsync(contract)
+            if len(details) != 1:
+                what = "is ambiguous" if details else "has no security definition at IB"
+                raise ContractError(200, f"{symbol!r} {what} (error 200). Symbol formats: {FORMATS}.")
+            found = details[0].contract
+            if sym.exchange == "SMART":
+                found.exchange = "SMART"
+            self._contracts[sym] = (found, details[0].minSize or 1)
+        contract, lot = self._contracts[sym]
+        return sym, contract, lot
+
+    # ------------------------------------------------------------ account
+    async def account_async(self) -> AccountSummary:
+        self._require_connection()
+        values = self.ib.accountValues(self.account)
+        if not values:
+            await self.ib.reqAccountUpdatesAsync(self.account)
+            values = self.ib.accountValues(self.account)
+        by_key = {(v.tag, v.currency): v.value for v in values}
+
+        def value(tag, currency="USD") -> float:
+            try:
+                return float(by_key.get((tag, currency), "nan"))
+            except ValueError:
+                return math.nan
+
+        base = next((v.value for v in values if v.tag == "Currency" and v.currency == "BASE"), "USD")
+        base = "USD" if base == "BASE" else base
+        cash = {v.currency: float(v.value) for v in values
+                if v.tag == "CashBalance" and v.currency not in ("BASE", "")}
+        return AccountSummary(
+            account=self.account, base_currency=base,
+            net_liquidation=value("NetLiquidation", base), buying_power=value("BuyingPower", base),
+            available_funds=value("AvailableFunds", base), cash=cash,
+            unrealized_pnl=value("UnrealizedPnL", "BASE"), realized_pnl=value("RealizedPnL", "BASE"))
+
+    def account_summary(self) -> AccountSummary:
+        return self._run(self.account_async())
+
+    def positions(self) -> pd.DataFrame:
+        """IB's positions of the account, valued at the market: value = price x quantity."""
+        self._require_connection()
+        rows = [{
+            "symbol": self._display(item.contract),
+            "quantity": item.position,
+            "avg_cost": item.averageCost,
+            "market_price": item.marketPrice,
+            "market_value": item.marketValue,
+            "unrealized_pnl": item.unrealizedPNL,
+            "realized_pnl": item.realizedPNL,
+            "currency": item.contract.currency,
+            "account": item.account,
+        } for item in self.ib.portfolio(self.account) if item.position]
+        return pd.DataFrame(rows, columns=["symbol", "quantity", "avg_cost", "market_price", "market_value",
+                                           "unrealized_pnl", "realized_pnl", "currency", "account"])
+
+    @staticmethod
+    def _display(contract: Contract) -> str:
+        market = HK_SHARE if contract.currency == "HKD" else None
+        return parse_symbol(contract.symbol, market).display
+
+    # ------------------------------------------------------------ orders
+    async def orders_async(self) -> pd.DataFrame:
+        """Open orders of every client connected to this TWS, as TWS reports them."""
+        self._require_connection()
+        await self.ib.reqAllOpenOrdersAsync()
+        rows = [self._order_row(t) for t in self.ib.openTrades()]
+        return pd.DataFrame(rows, columns=list(OrderResult.__dataclass_fields__) + ["client_id", "account"])
+
+    def orders(self) -> pd.DataFrame:
+        return self._run(self.orders_async())
+
+    def _order_row(self, trade: Trade) -> dict:
+        row = asdict(self._result(trade))
+        row.update(client_id=trade.order.clientId, account=trade.order.account)
+        return row
+
+    def _result(self, trade: Trade, message: str = "") -> OrderResult:
+        o, st = trade.order, trade.orderStatus
+        return OrderResult(
+            order_id=o.orderId, perm_id=o.permId, symbol=self._display(trade.contract), side=o.action,
+            quantity=o.totalQuantity, order_type=o.orderType,
+            limit_price=_num(o.lmtPrice) if o.orderType == "LMT" else None, tif=o.tif,
+            status=st.status, filled=st.filled, remaining=st.remaining,
+            avg_fill_price=st.avgFillPrice or None, order_ref=o.orderRef, message=message)
+
+    async def place_order_async(self, symbol: str, side: str, quantity: float, *, limit: float | None = None,
+                                tif: str = "DAY", market_type: str | None = None,
+                                order_ref: str = "") -> OrderResult:
+        """Place a market order, or a limit order when ``limit`` is given; returns once TWS answers."""
+        self._require_connection()
+        action = (side or "").strip().upper()
+        if action not in ("BUY", "SELL"):
+            raise InputError("side", f"{side!r} is not a side; use buy or sell")
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0 \
+                or not float(quantity).is_integer():
+            raise InputError("quantity", f"{quantity!r} must be a positive whole number of shares")
+        tif = (tif or "DAY").upper()
+        if tif not in ("DAY", "GTC"):
+            raise InputError("tif", f"{tif!r} is not a time in force; use DAY or GTC")
+        if limit is not None and (not isinstance(limit, (int, float)) or not limit > 0):
+            raise InputError("price", f"{limit!r} must be a positive limit price")
+        sym, contract, lot = await self.contract_async(symbol, market_type)
+        if quantity % lot:
+            raise InputError("quantity", f"{sym} trades in board lots of {lot:g} shares; {quantity:g} is not a "
+                                         f"multiple (try {max(lot, quantity - quantity % lot):g})")
+        order = (LimitOrder(action, quantity, float(limit)) if limit is not None
+                 else MarketOrder(action, quantity))
+        order.tif, order.orderRef, order.account = tif, order_ref, self.account
+        trade = self.ib.placeOrder(contract, order)
+        return await self._answer(trade, order.orderId)
+
+    def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
+        return self._run(self.place_order_async(symbol, side, quantity, **kwargs))
+
+    async def _answer(self, trade: Trade, order_id: int) -> OrderResult:
+        """Wait for TWS to acknowledge or refuse an order; raise with IB's reason if refused."""
+        errors = self._errors.setdefault(order_id, [])
+        errors.clear()
+        deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT
+        while trade.orderStatus.status not in ACKED_STATUSES and not errors:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return self._result(trade, f"TWS has not acknowledged order {order_id} within {ACK_TIMEOUT:g} s")
+            try:
+                await asyncio.wait_for(self.ib.updateEvent, left)
+            except asyncio.TimeoutError:
+                pass
+        refusals = [(c, t) for c, t in errors if c in ORDER_ERRORS and c != 202]
+        if refusals:
+            code, text = refusals[0]
+            raise OrderRejected(code, f"IB rejected order {order_id} (error {code}): {_reason(text)}")
+        return self._result(trade)
+
+    async def cancel_order_async(self, order_id: int) -> OrderResult:
+        self._require_connection()
+        trade = next((t for t in self.ib.openTrades()
+                      if t.order.orderId == order_id and t.order.clientId == self.settings.client_id), None)
+        if trade is None:
+            raise InputError("order_id", f"no open order {order_id} was placed by client id "
+                                         f"{self.settings.client_id}; `qdibkr orders` lists open orders and "
+                                         f"their client ids (an order is cancelled by the client that placed it)")
+        self.ib.cancelOrder(trade.order)
+        errors = self._errors.setdefault(order_id, [])
+        while trade.orderStatus.status not in DONE_STATUSES:
+            refusals = [(c, t) for c, t in errors if c not in (202,)]
+            if refusals:
+                code, text = refusals[-1]
+                raise TWSError(code, f"TWS could not cancel order {order_id} (error {code}): {text}")
+            await asyncio.wait_for(self.ib.updateEvent, ACK_TIMEOUT)
+        return self._result(trade)
+
+    def cancel_order(self, order_id: int) -> OrderResult:
+        return self._run(self.cancel_order_async(order_id))
+
+    async def trades_async(self) -> pd.DataFrame:
+        """Today's executions, each with its commission in the currency IB charged it."""
+        self._require_connection()
+        fills = await self.ib.reqExecutionsAsync()
+        rows = [{
+            "time": f.time,
+            "symbol": self._display(f.contract),
+            "side": "BUY" if f.execution.side == "BOT" else "SELL",
+            "shares": f.execution.shares,
+            "price": f.execution.price,
+            "commission": f.commissionReport.commission,
+            "commission_currency": f.commissionReport.currency,
+            "realized_pnl": _num(f.commissionReport.realizedPNL) if f.commissionReport.realizedPNL < 1e300 else None,
+            "order_id": f.execution.orderId,
+            "order_ref": f.execution.orderRef,
+            "exec_id": f.execution.execId,
+            "account": f.execution.acctNumber,
+        } for f in fills]
+        return pd.DataFrame(rows, columns=["time", "symbol", "side", "shares", "price", "commission",
+                                           "commission_currency", "realized_pnl", "order_id", "order_ref",
+                                           "exec_id", "account"])
+
+    def trades(self) -> pd.DataFrame:
+        return self._run(self.trades_async())
+
+    # ------------------------------------------------------------ quotes
+    async def quotes_async(self, *symbols: str, market_type: str | None = None) -> list[Quote]:
+        """Snapshot quotes; symbols without a live subscription fall back to delayed data."""
+        if not symbols:
+            raise InputError("symbol", f"give at least one symbol ({FORMATS})")
+        resolved = [await self.contract_async(s, market_type) for s in symbols]
+        contracts = [c for _, c, _ in resolved]
+        tickers, refused = await self._snapshots(contracts, LIVE_DATA)
+        unsubscribed = [i for i, c in enumerate(contracts) if c.conId in refused]
+        if unsubscribed:
+            delayed, _ = await self._snapshots([contracts[i] for i in unsubscribed], DELAYED_DATA)
+            for i, ticker in zip(unsubscribed, delayed):
+                tickers[i] = ticker
+        return [self._quote(sym, ticker) for (sym, _, _), ticker in zip(resolved, tickers)]
+
+    def quote(self, *symbols: str, market_type: str | None = None) -> list[Quote]:
+        return self._run(self.quotes_async(*symbols, market_type=market_type))
+
+    async def _snapshots(self, contracts: list[Contract], data_type: int):
+        """Snapshot tickers, and the conIds TWS refused for want of a live data subscription."""
+        refused = set()
+
+        def on_error(req_id, code, text, contract):
+            if code in NOT_SUBSCRIBED and contract is not None:
+                refused.add(contract.conId)
+
+        self.ib.errorEvent += on_error
+        self.ib.reqMarketDataType(data_type)
+        try:
+            tickers = await self.ib.reqTickersAsync(*contracts)
+        finally:
+            self.ib.errorEvent -= on_error
+            if data_type != LIVE_DATA:
+                self.ib.reqMarketDataType(LIVE_DATA)
+        return tickers, refused
+
+    @staticmethod
+    def _quote(sym: Symbol, ticker) -> Quote:
+        return Quote(symbol=sym.display, currency=sym.currency, bid=_num(ticker.bid), ask=_num(ticker.ask),
+                     last=_num(ticker.last), close=_num(ticker.close), volume=_num(ticker.volume),
+                     time=ticker.time, delayed=ticker.marketDataType in (3, 4))

@@ -1,0 +1,504 @@
+"""The simulated broker: accounts, orders, fills, positions and commissions.
+
+Pure bookkeeping with no sockets. The server asks it to place, modify, cancel
+and match orders; each call returns the events that happened, in the order TWS
+reports them, and the server turns those events into protocol messages for the
+clients concerned. State can be saved to and loaded from a JSON file so that a
+restarted simulator remembers its accounts, positions, orders and executions.
+
+Rules, chosen to match IB paper trading closely enough to catch real mistakes:
+- Cash account per currency: a buy needs enough cash in the stock's currency,
+  counting what open buy orders already reserve; there is no margin and no
+  currency conversion.
+- Long only: a sell may not exceed the position less what open sells reserve.
+- HK quantities must be whole board lots.
+- A limit price more than 10% through the market (a buy above or a sell below
+  it) is refused, as TWS's precautionary price check does.
+- Market orders sweep the displayed book: the displayed size at the best price,
+  then one tick worse per level, for at most ``SWEEP_LEVELS`` levels per pass;
+  what is left fills on later passes. Marketable limit orders do the same up to
+  their limit. A resting limit fills at its limit price, up to the displayed
+  size per pass, once the price path has crossed it.
+- Commissions follow IB's fixed pricing, charged so that an order's total is
+  the rate times its cumulative size, never below the per-order minimum:
+  US USD 0.005 per share, minimum USD 1, at most 1% of the value;
+  HK 0.08% of the value, minimum HKD 18.
+- Average cost includes commissions; realised P&L is net of them (as IB does).
+- DAY orders still open at the exchange's 16:00 local close are cancelled.
+"""
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from zoneinfo import ZoneInfo
+
+from . import catalogue
+from .catalogue import Listing
+from .market import PriceModel
+
+SWEEP_LEVELS = 10
+PRICE_BAND = 0.10
+USD_PER_HKD = 1 / 7.8
+ORDER_TYPES = ("MKT", "LMT")
+TIME_IN_FORCE = ("DAY", "GTC")
+OPEN_STATUSES = ("PreSubmitted", "Submitted")
+STATE_VERSION = 1
+
+
+@dataclass
+class OrderRequest:
+    """What a client's placeOrder asks for, already read off the wire."""
+
+    action: str
+    quantity: float
+    order_type: str
+    limit_price: float | None
+    tif: str
+    account: str
+    order_ref: str
+    outside_rth: bool = False
+
+
+@dataclass
+class Order:
+    client_id: int
+    order_id: int
+    perm_id: int
+    account: str
+    con_id: int
+    action: str
+    quantity: int
+    order_type: str
+    limit_price: float | None
+    tif: str
+    order_ref: str
+    outside_rth: bool
+    placed_at: float
+    expires_at: float | None = None
+    status: str = "Submitted"
+    filled: int = 0
+    avg_fill_price: float = 0.0
+    last_fill_price: float = 0.0
+    commission: float = 0.0
+    completed_at: float | None = None
+    completed_status: str = ""
+    crossed_at: float = 0.0  # the path has been checked against the limit up to here
+
+    @property
+    def remaining(self) -> int:
+        return self.quantity - self.filled
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def listing(self) -> Listing:
+        return catalogue.by_con_id(self.con_id)
+
+
+@dataclass
+class Execution:
+    exec_id: str
+    client_id: int
+    order_id: int
+    perm_id: int
+    account: str
+    con_id: int
+    side: str  # BOT or SLD, as IB spells it
+    shares: int
+    price: float
+    time: float
+    cum_qty: int
+    avg_price: float
+    order_ref: str
+    commission: float
+    commission_currency: str
+    realized_pnl: float | None  # None for a fill that opens or adds
+
+
+@dataclass
+class Position:
+    account: str
+    con_id: int
+    quantity: int = 0
+    avg_cost: float = 0.0
+    realized_pnl: float = 0.0
+
+
+@dataclass
+class Account:
+    account_id: str
+    cash: dict[str, float]
+    realized_pnl: dict[str, float] = field(default_factory=dict)
+
+
+# Events, in the order the server must report them. Each holds a copy of the
+# order as it was at that moment: one matching pass may fill an order several times.
+@dataclass(frozen=True)
+class OrderChanged:
+    order: Order
+
+
+@dataclass(frozen=True)
+class Filled:
+    order: Order
+    execution: Execution
+
+
+@dataclass(frozen=True)
+class PositionChanged:
+    account: str
+    con_id: int
+
+
+class Rejection(Exception):
+    """An order TWS would refuse; ``code`` and ``text`` are what the client is told."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def reject(reason: str) -> Rejection:
+    return Rejection(201, f"Order rejected - reason:{reason}")
+
+
+def commission_due(listing: Listing, quantity: int, value: float) -> float:
+    """An order's total commission once ``quantity`` shares worth ``value`` have filled."""
+    if listing.currency == "HKD":
+        return round(max(18.0, 0.0008 * value), 2)
+    return round(min(max(1.0, 0.005 * quantity), 0.01 * value), 2)
+
+
+def to_usd(amount: float, currency: str) -> float:
+    return amount * USD_PER_HKD if currency == "HKD" else amount
+
+
+class Broker:
+    def __init__(self, accounts: list[str], model: PriceModel, clock, cash=None):
+        self.model = model
+        self.clock = clock
+        cash = cash or {"USD": 1_000_000.0, "HKD": 1_000_000.0}
+        self.accounts = {a: Account(a, dict(cash)) for a in accounts}
+        self.orders: dict[tuple[int, int], Order] = {}
+        self.positions: dict[tuple[str, int], Position] = {}
+        self.executions: list[Execution] = []
+        self.next_order_id = 1
+        self.next_perm_id = 1_000_000_001
+        self.dirty = False
+
+    # ------------------------------------------------------------ queries
+    def position(self, account: str, con_id: int) -> Position:
+        key = (account, con_id)
+        if key not in self.positions:
+            self.positions[key] = Position(account, con_id)
+        return self.positions[key]
+
+    def held_positions(self, account: str | None = None) -> list[Position]:
+        """Positions ever held (a closed one stays, at zero, as TWS keeps reporting it)."""
+        return [p for p in self.positions.values() if account in (None, p.account)]
+
+    def open_orders(self) -> list[Order]:
+        return [o for o in self.orders.values() if o.is_open]
+
+    def completed_orders(self) -> list[Order]:
+        return [o for o in self.orders.values() if not o.is_open]
+
+    def resolve_account(self, requested: str) -> str:
+        if requested:
+            if requested not in self.accounts:
+                raise reject(f"account {requested} is not one of this login's accounts ({', '.join(self.accounts)})")
+            return requested
+        if len(self.accounts) > 1:
+            raise Rejection(436, "You must specify an allocation (either a single account, group, or profile).")
+        return next(iter(self.accounts))
+
+    def mark_price(self, listing: Listing, t: float | None = None) -> float:
+        return catalogue.round_to_tick(listing, self.model.mid(listing, self.clock.now() if t is None else t))
+
+    # ------------------------------------------------------------ orders
+    def place(self, client_id: int, order_id: int, listing: Listing, request: OrderRequest) -> list:
+        """A new order, or a modification when this client's order id is still open."""
+        existing = self.orders.get((client_id, order_id))
+        if existing and not existing.is_open:
+            raise Rejection(104 if existing.status == "Filled" else 103,
+                            f"Cannot modify a {existing.status.lower()} order" if existing.status == "Filled"
+                            else f"Duplicate order id {order_id}: that order is already {existing.status}")
+        account = self.resolve_account(request.account or (existing.account if existing else ""))
+        quantity = self._validate(listing, request, account, existing)
+        now = self.clock.now()
+        if existing:
+            existing.quantity = quantity
+            existing.limit_price = request.limit_price if request.order_type == "LMT" else None
+            existing.order_type = request.order_type
+            existing.tif = request.tif
+            existing.expires_at = self._expiry(listing, request.tif, now)
+            existing.crossed_at = now
+            order = existing
+        else:
+            order = Order(
+                client_id=client_id, order_id=order_id, perm_id=self.next_perm_id, account=account,
+                con_id=listing.con_id, action=request.action, quantity=quantity,
+                order_type=request.order_type,
+                limit_price=request.limit_price if request.order_type == "LMT" else None,
+                tif=request.tif, order_ref=request.order_ref, outside_rth=request.outside_rth,
+                placed_at=now, expires_at=self._expiry(listing, request.tif, now), crossed_at=now)
+            self.next_perm_id += 1
+            self.orders[(client_id, order_id)] = order
+            self.next_order_id = max(self.next_order_id, order_id + 1)
+        self.dirty = True
+        return [OrderChanged(replace(order)), *self._match_order(order, now, placing=True)]
+
+    def cancel(self, client_id: int, order_id: int) -> list:
+        order = self.orders.get((client_id, order_id))
+        if order is None:
+            raise Rejection(135, f"Can't find order with id ={order_id}")
+        if not order.is_open:
+            raise Rejection(10148, f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: {order.status}.")
+        self._finish(order, "Cancelled", "Cancelled by Trader")
+        return [OrderChanged(replace(order))]
+
+    def match(self) -> list:
+        """One matching pass over every open order: fills, expiries."""
+        now = self.clock.now()
+        events = []
+        for order in self.open_orders():
+            if order.expires_at is not None and now >= order.expires_at:
+                self._finish(order, "Cancelled", "Cancelled: DAY order expired at the close")
+                events.append(OrderChanged(replace(order)))
+            else:
+                events += self._match_order(order, now, placing=False)
+        return events
+
+    # ------------------------------------------------------------ rules
+    def _validate(self, listing: Listing, request: OrderRequest, account: str, existing: Order | None) -> int:
+        if request.action not in ("BUY", "SELL"):
+            raise reject(f"action must be BUY or SELL, not {request.action!r}")
+        if request.order_type not in ORDER_TYPES:
+            raise reject(f"order type {request.order_type!r} is not supported by the simulated gateway (use MKT or LMT)")
+        if request.tif not in TIME_IN_FORCE:
+            raise reject(f"time in force {request.tif!r} is not supported by the simulated gateway (use DAY or GTC)")
+        quantity = request.quantity
+        if quantity <= 0 or quantity != int(quantity):
+            raise reject(f"order quantity {quantity:g} must be a positive whole number of shares")
+        quantity = int(quantity)
+        if existing and quantity < existing.filled:
+            raise reject(f"the new quantity {quantity} is below the {existing.filled} shares already filled")
+        if listing.board_lot > 1 and quantity % listing.board_lot:
+            raise reject(f"order size {quantity} is not a multiple of the board lot size {listing.board_lot} for {listing.symbol} on {listing.primary_exchange}")
+
+        quote = self.model.quote(listing, self.clock.now())
+        if request.order_type == "LMT":
+            price = request.limit_price
+            if price is None or price <= 0:
+                raise reject("a limit order needs a positive limit price")
+            tick = catalogue.min_tick(listing, price)
+            if abs(price / tick - round(price / tick)) > 1e-6:
+                raise reject(f"the limit price {price:g} does not conform to the minimum price variation of {tick:g} for this contract")
+            if request.action == "BUY" and price > quote.ask * (1 + PRICE_BAND):
+                raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} above the market ask {quote.ask:g}")
+            if request.action == "SELL" and price < quote.bid * (1 - PRICE_BAND):
+                raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} below the market bid {quote.bid:g}")
+
+        others = [o for o in self.open_orders() if o is not existing and o.account == account]
+        new_open = quantity - (existing.filled if existing else 0)
+        if request.action == "SELL":
+            held = self.position(account, listing.con_id).quantity
+            selling = sum(o.remaining for o in others if o.action == "SELL" and o.con_id == listing.con_id)
+            if new_open > held - selling:
+                raise reject(
+                    f"short selling is not allowed in this account: selling {new_open} {listing.symbol} "
+                    f"but only {held - selling} are held and not already being sold")
+        else:
+            price = request.limit_price if request.order_type == "LMT" else quote.ask
+            cost = new_open * price
+            cost += commission_due(listing, new_open, cost)
+            reserved = sum(self._reservation(o) for o in others if o.action == "BUY" and o.listing.currency == listing.currency)
+            available = self.accounts[account].cash.get(listing.currency, 0.0) - reserved
+            if cost > available:
+                raise reject(
+                    f"insufficient cash: the order needs about {cost:,.2f} {listing.currency} "
+                    f"but only {available:,.2f} {listing.currency} is available")
+        return quantity
+
+    def _reservation(self, order: Order) -> float:
+        listing = order.listing
+        price = order.limit_price if order.limit_price is not None else self.model.quote(listing, self.clock.now()).ask
+        return order.remaining * price
+
+    def _expiry(self, listing: Listing, tif: str, now: float) -> float | None:
+        """The next 16:00 in the exchange's time zone on a weekday, for DAY orders."""
+        if tif != "DAY":
+            return None
+        zone = ZoneInfo(listing.time_zone)
+        local = dt.datetime.fromtimestamp(now, zone)
+        close = local.replace(hour=16, minute=0, second=0, microsecond=0)
+        while close <= local or close.weekday() >= 5:
+            close = (close + dt.timedelta(days=1)).replace(hour=16, minute=0, second=0, microsecond=0)
+        return close.timestamp()
+
+    # ------------------------------------------------------------ matching
+    def _match_order(self, order: Order, now: float, placing: bool) -> list:
+        listing = order.listing
+        quote = self.model.quote(listing, now)
+        buying = order.action == "BUY"
+        best = quote.ask if buying else quote.bid
+        depth = quote.ask_size if buying else quote.bid_size
+        limit = order.limit_price
+        events = []
+        if limit is not None and not self._marketable(best, limit, buying):
+            if placing or not self._crossed(order, now):
+                return events
+            # The path crossed the limit since the last pass: fill at the limit.
+            fills = [(limit, min(order.remaining, depth))]
+        else:
+            fills = []
+            remaining = order.remaining
+            for level in range(SWEEP_LEVELS):
+                price = catalogue.round_to_tick(listing, best + (level if buying else -level) * catalogue.min_tick(listing, best))
+                if limit is not None and not self._marketable(price, limit, buying):
+                    break
+                take = min(remaining, depth)
+                fills.append((price, take))
+                remaining -= take
+                if not remaining:
+                    break
+        order.crossed_at = now
+        for price, shares in fills:
+            events += self._fill(order, listing, price, shares, now)
+        return events
+
+    @staticmethod
+    def _marketable(price: float, limit: float, buying: bool) -> bool:
+        return price <= limit + 1e-9 if buying else price >= limit - 1e-9
+
+    def _crossed(self, order: Order, now: float) -> bool:
+        low, high = self.model.low_high(order.listing, order.crossed_at, now)
+        return low <= order.limit_price if order.action == "BUY" else high >= order.limit_price
+
+    def _fill(self, order: Order, listing: Listing, price: float, shares: int, now: float) -> list:
+        buying = order.action == "BUY"
+        value_before = order.avg_fill_price * order.filled
+        order.filled += shares
+        order.avg_fill_price = (value_before + price * shares) / order.filled
+        order.last_fill_price = price
+        total_commission = commission_due(listing, order.filled, order.avg_fill_price * order.filled)
+        commission = round(total_commission - order.commission, 2)
+        order.commission = total_commission
+
+        account = self.accounts[order.account]
+        currency = listing.currency
+        position = self.position(order.account, listing.con_id)
+        realized = None
+        if buying:
+            cost = position.quantity * position.avg_cost + shares * price + commission
+            position.quantity += shares
+            position.avg_cost = cost / position.quantity
+            account.cash[currency] = account.cash.get(currency, 0.0) - shares * price - commission
+        else:
+            realized = shares * (price - position.avg_cost) - commission
+            position.quantity -= shares
+            position.realized_pnl += realized
+            if position.quantity == 0:
+                position.avg_cost = 0.0
+            account.cash[currency] = account.cash.get(currency, 0.0) + shares * price - commission
+            account.realized_pnl[currency] = account.realized_pnl.get(currency, 0.0) + realized
+
+        execution = Execution(
+            exec_id=f"{order.perm_id:08x}.{len(self.executions) + 1:08x}.01.01",
+            client_id=order.client_id, order_id=order.order_id, perm_id=order.perm_id,
+            account=order.account, con_id=listing.con_id, side="BOT" if buying else "SLD",
+            shares=shares, price=price, time=now, cum_qty=order.filled,
+            avg_price=order.avg_fill_price, order_ref=order.order_ref,
+            commission=commission, commission_currency=currency, realized_pnl=realized)
+        self.executions.append(execution)
+        if order.filled == order.quantity:
+            self._finish(order, "Filled", "Filled")
+        self.dirty = True
+        return [Filled(replace(order), execution), PositionChanged(order.account, listing.con_id)]
+
+    def _finish(self, order: Order, status: str, completed_status: str):
+        order.status = status
+        order.completed_at = self.clock.now()
+        order.completed_status = completed_status
+        self.dirty = True
+
+    # ------------------------------------------------------------ accounts
+    def account_values(self, account_id: str) -> list[tuple[str, str, str]]:
+        """(key, value, currency) rows as reqAccountUpdates reports them."""
+        account = self.accounts[account_id]
+        currencies = sorted(set(account.cash) | {"USD", "HKD"})
+        stock = {c: 0.0 for c in currencies}
+        unrealized = {c: 0.0 for c in currencies}
+        for p in self.held_positions(account_id):
+            if p.quantity:
+                listing = catalogue.by_con_id(p.con_id)
+                value = p.quantity * self.mark_price(listing)
+                stock[listing.currency] += value
+                unrealized[listing.currency] += value - p.quantity * p.avg_cost
+        rows = []
+
+        def per_currency(key, amounts):
+            for c in currencies:
+                rows.append((key, f"{amounts.get(c, 0.0):.2f}", c))
+            rows.append((key, f"{sum(to_usd(v, c) for c, v in amounts.items()):.2f}", "BASE"))
+
+        per_currency("CashBalance", account.cash)
+        per_currency("StockMarketValue", stock)
+        per_currency("UnrealizedPnL", unrealized)
+        per_currency("RealizedPnL", account.realized_pnl)
+        per_currency("NetLiquidationByCurrency", {c: account.cash.get(c, 0.0) + stock[c] for c in currencies})
+        cash_usd = sum(to_usd(v, c) for c, v in account.cash.items())
+        stock_usd = sum(to_usd(v, c) for c, v in stock.items())
+        rows += [
+            ("AccountCode", account_id, ""),
+            ("AccountType", "INDIVIDUAL", ""),
+            ("Currency", "USD", "USD"),
+            ("Currency", "HKD", "HKD"),
+            ("Currency", "BASE", "BASE"),
+            ("ExchangeRate", "1.00", "USD"),
+            ("ExchangeRate", f"{USD_PER_HKD:.8f}", "HKD"),
+            ("TotalCashValue", f"{cash_usd:.2f}", "USD"),
+            ("TotalCashBalance", f"{cash_usd:.2f}", "BASE"),
+            ("NetLiquidation", f"{cash_usd + stock_usd:.2f}", "USD"),
+            ("EquityWithLoanValue", f"{cash_usd + stock_usd:.2f}", "USD"),
+            ("GrossPositionValue", f"{stock_usd:.2f}", "USD"),
+            ("AvailableFunds", f"{cash_usd:.2f}", "USD"),
+            ("BuyingPower", f"{cash_usd:.2f}", "USD"),
+            ("ExcessLiquidity", f"{cash_usd:.2f}", "USD"),
+        ]
+        return rows
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: str):
+        """Write the whole state atomically: a crash leaves the old file or the new one."""
+        state = {
+            "version": STATE_VERSION,
+            "next_order_id": self.next_order_id,
+            "next_perm_id": self.next_perm_id,
+            "accounts": [asdict(a) for a in self.accounts.values()],
+            "positions": [asdict(p) for p in self.positions.values()],
+            "orders": [asdict(o) for o in self.orders.values()],
+            "executions": [asdict(e) for e in self.executions],
+        }
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+        self.dirty = False
+
+    def load(self, path: str):
+        with open(path) as f:
+            state = json.load(f)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{path}: unknown simulator state version {state.get('version')!r}")
+        self.next_order_id = state["next_order_id"]
+        self.next_perm_id = state["next_perm_id"]
+        self.accounts = {a["account_id"]: Account(**a) for a in state["accounts"]}
+        self.positions = {(p["account"], p["con_id"]): Position(**p) for p in state["positions"]}
+        self.orders = {(o["client_id"], o["order_id"]): Order(**o) for o in state["orders"]}
+        self.executions = [Execution(**e) for e in state["executions"]]
+        self.dirty = False

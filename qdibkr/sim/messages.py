@@ -1,0 +1,256 @@
+"""Outgoing TWS messages, as field lists, for a negotiated server version.
+
+Each function mirrors the matching ``Decoder`` method of ib_insync 0.9.86 (and
+ib_async 2.x, which decodes the same at these versions) field by field; the
+comments name the fields so the two can be read side by side. Empty fields are
+"unset" and decode to the client's defaults. Counts and flags that the
+decoders read with ``int()`` must be present ("0").
+
+The simulator serves versions 157 to 176; ``version`` below is what was
+negotiated with this client, and each ``if version`` is a place where TWS
+changed a message's layout inside that range.
+"""
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from . import catalogue
+from .broker import Execution, Order, Position
+from .catalogue import Listing
+from .market import Bar
+from .wire import UNSET_DOUBLE
+
+MIN_VERSION = 157
+MAX_VERSION = 176
+SERVER_ZONE = "America/New_York"
+
+# Message ids TWS sends.
+TICK_PRICE, TICK_SIZE, ORDER_STATUS, ERROR, OPEN_ORDER = 1, 2, 3, 4, 5
+ACCOUNT_VALUE, PORTFOLIO_VALUE, ACCOUNT_UPDATE_TIME, NEXT_VALID_ID = 6, 7, 8, 9
+CONTRACT_DATA, EXECUTION_DATA, MANAGED_ACCOUNTS, HISTORICAL_DATA = 10, 11, 15, 17
+CURRENT_TIME, CONTRACT_DATA_END, OPEN_ORDER_END, ACCOUNT_DOWNLOAD_END = 49, 52, 53, 54
+EXECUTION_DATA_END, TICK_SNAPSHOT_END, MARKET_DATA_TYPE, COMMISSION_REPORT = 55, 57, 58, 59
+POSITION_DATA, POSITION_END, ACCOUNT_SUMMARY, ACCOUNT_SUMMARY_END = 61, 62, 63, 64
+ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END, TICK_REQ_PARAMS = 73, 74, 81
+COMPLETED_ORDER, COMPLETED_ORDERS_END = 101, 102
+
+
+def ib_time(t: float, zone: str = SERVER_ZONE) -> str:
+    """``20261125 09:30:00 America/New_York``: IB's date-time with an IANA zone."""
+    local = dt.datetime.fromtimestamp(t, ZoneInfo(zone))
+    return f"{local:%Y%m%d %H:%M:%S} {zone}"
+
+
+def number(x: float) -> str:
+    """A quantity: whole numbers without a trailing ``.0``, as TWS writes decimals."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def handshake(version: int, now: float) -> list:
+    return [version, ib_time(now)]
+
+
+def error(version: int, req_id: int, code: int, text: str) -> list:
+    fields = [ERROR, 2, req_id, code, text]
+    if version >= 166:
+        fields.append("")  # advancedOrderRejectJson
+    return fields
+
+
+# ------------------------------------------------------------------ contracts
+def _contract(listing: Listing, exchange: str) -> list:
+    """conId, symbol, secType, lastTradeDate, strike, right, multiplier, exchange, currency, localSymbol, tradingClass."""
+    return [listing.con_id, listing.symbol, "STK", "", 0.0, "", "", exchange,
+            listing.currency, listing.local_symbol, listing.trading_class]
+
+
+def contract_data(version: int, req_id: int, listing: Listing, now: float) -> list:
+    trading_hours, liquid_hours = catalogue.trading_hours(listing, dt.datetime.fromtimestamp(now, dt.timezone.utc))
+    fields = [CONTRACT_DATA]
+    if version < 164:
+        fields.append(8)  # message version, dropped in 164
+    fields += [
+        req_id, listing.symbol, "STK",
+        "",  # lastTradeDateOrContractMonth
+        0.0, "",  # strike, right
+        listing.exchange, listing.currency, listing.local_symbol,
+        listing.trading_class,  # marketName
+        listing.trading_class, listing.con_id,
+        catalogue.min_tick(listing, listing.base_price),
+    ]
+    if version < 164:
+        fields.append(1)  # mdSizeMultiplier, obsolete
+    fields += [
+        "",  # multiplier
+        listing.order_types, listing.valid_exchanges,
+        1, 0,  # priceMagnifier, underConId
+        listing.long_name, listing.primary_exchange,
+        "",  # contractMonth
+        listing.industry, listing.category, listing.subcategory,
+        listing.time_zone, trading_hours, liquid_hours,
+        "", "",  # evRule, evMultiplier
+        0,  # number of secIds
+        1,  # aggGroup
+        "", "",  # underSymbol, underSecType
+        str(listing.market_rule_id),  # marketRuleIds, one per valid exchange in TWS
+        "",  # realExpirationDate
+        listing.stock_type,
+    ]
+    if version == 163:
+        fields.append(listing.board_lot)  # suggestedSizeIncrement
+    if version >= 164:
+        fields += [listing.board_lot, listing.board_lot, listing.board_lot]  # minSize, sizeIncrement, suggestedSizeIncrement
+    return fields
+
+
+# ------------------------------------------------------------------ orders
+def order_status(order: Order) -> list:
+    return [ORDER_STATUS, order.order_id, order.status, number(order.filled), number(order.remaining),
+            order.avg_fill_price, order.perm_id, 0, order.last_fill_price, order.client_id, "", 0.0]
+
+
+def _order_price(order: Order) -> float:
+    return order.limit_price if order.limit_price is not None else UNSET_DOUBLE
+
+
+def open_order(version: int, order: Order) -> list:
+    listing = order.listing
+    fields = [OPEN_ORDER, order.order_id, *_contract(listing, listing.exchange),
+              order.action, number(order.quantity), order.order_type, _order_price(order), UNSET_DOUBLE,
+              order.tif, "",  # ocaGroup
+              order.account, "O", 0,  # openClose, origin (customer)
+              order.order_ref, order.client_id, order.perm_id,
+              order.outside_rth, False,  # outsideRth, hidden
+              0.0, "", "",  # discretionaryAmt, goodAfterTime, deprecated sharesAllocation
+              "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
+              "", "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
+              0, "", -1,  # shortSaleSlot, designatedLocation, exemptCode
+              0, "", "", "", "", "",  # auctionStrategy, startingPrice, stockRefPrice, delta, stockRangeLower, stockRangeUpper
+              0, False, False, False, "",  # displaySize, blockOrder, sweepToFill, allOrNone, minQty
+              3, False, False, "",  # ocaType, eTradeOnly, firmQuoteOnly, nbboPriceCap
+              0, 0,  # parentId, triggerMethod
+              "", 0, "", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+              False, 0, "", "",  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent
+              "", "", "",  # basisPoints, basisPointsType, comboLegsDescrip
+              0, 0, 0,  # combo legs, order combo legs, smart combo routing params
+              "", "", "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
+              "",  # hedgeType
+              False, "", "", False,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+              False,  # deltaNeutralContract present
+              "",  # algoStrategy
+              False, False,  # solicited, whatIf
+              order.status,
+              "", "", "", "", "", "", "", "", "",  # margin before / change / after
+              "", "", "", "",  # commission, minCommission, maxCommission, commissionCurrency
+              "",  # warningText
+              False, False,  # randomizeSize, randomizePrice
+              0,  # conditions
+              "", "", "", "", "", "", "", 0,  # adjustedOrderType .. adjustableTrailingUnit
+              "", "", "",  # softDollarTier name, value, displayName
+              "", False, False, "", False]  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpToLimitPrice, usePriceMgmtAlgo
+    if version >= 159:
+        fields.append("")  # duration
+    if version >= 160:
+        fields.append("")  # postToAts
+    if version >= 162:
+        fields.append(False)  # autoCancelParent
+    if version >= 170:
+        fields += ["", "", "", "", ""]  # minTradeQty, minCompeteSize, competeAgainstBestOffset, midOffsetAtWhole, midOffsetAtHalf
+    return fields
+
+
+def completed_order(version: int, order: Order) -> list:
+    listing = order.listing
+    fields = [COMPLETED_ORDER, *_contract(listing, listing.exchange),
+              order.action, number(order.quantity), order.order_type, _order_price(order), UNSET_DOUBLE,
+              order.tif, "", order.account, "O", 0, order.order_ref, order.perm_id,
+              order.outside_rth, False, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
+              "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
+              "", "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
+              0, "", -1,  # shortSaleSlot, designatedLocation, exemptCode
+              "", "", "", "", "",  # startingPrice, stockRefPrice, delta, stockRangeLower, stockRangeUpper
+              0, False, False, "", 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
+              "", 0, "", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+              False, 0, "", "", "",  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, comboLegsDescrip
+              0, 0, 0,  # combo legs, order combo legs, smart combo routing params
+              "", "", "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
+              "",  # hedgeType
+              "", "", False,  # clearingAccount, clearingIntent, notHeld
+              False,  # deltaNeutralContract present
+              "",  # algoStrategy
+              False, order.status, False, False,  # solicited, status, randomizeSize, randomizePrice
+              0,  # conditions
+              "", "", "", False, False,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPriceForHedge, isOmsContainer
+              "", number(order.filled), 0, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
+              "", False, False, 0,  # shareholder, imbalanceOnly, routeMarketableToBbo, parentPermId
+              _completed_time(order), order.completed_status]
+    if version >= 170:
+        fields += ["", "", "", "", ""]
+    return fields
+
+
+def _completed_time(order: Order) -> str:
+    if order.completed_at is None:
+        return ""
+    local = dt.datetime.fromtimestamp(order.completed_at, ZoneInfo(SERVER_ZONE))
+    return f"{local:%Y%m%d %H:%M:%S} {SERVER_ZONE}"
+
+
+def execution(req_id: int, ex: Execution) -> list:
+    listing = catalogue.by_con_id(ex.con_id)
+    return [EXECUTION_DATA, req_id, ex.order_id, *_contract(listing, listing.primary_exchange),
+            ex.exec_id, ib_time(ex.time), ex.account, listing.primary_exchange, ex.side,
+            number(ex.shares), ex.price, ex.perm_id, ex.client_id, 0,  # liquidation
+            number(ex.cum_qty), ex.avg_price, ex.order_ref, "", "", "",  # evRule, evMultiplier, modelCode
+            2]  # lastLiquidity: removed
+
+
+def commission_report(ex: Execution) -> list:
+    realized = UNSET_DOUBLE if ex.realized_pnl is None else round(ex.realized_pnl, 2)
+    return [COMMISSION_REPORT, 1, ex.exec_id, ex.commission, ex.commission_currency, realized, UNSET_DOUBLE, ""]
+
+
+# ------------------------------------------------------------------ account and positions
+def position(p: Position) -> list:
+    listing = catalogue.by_con_id(p.con_id)
+    return [POSITION_DATA, 3, p.account, *_contract(listing, listing.primary_exchange),
+            number(p.quantity), p.avg_cost]
+
+
+def portfolio_value(p: Position, market_price: float) -> list:
+    listing = catalogue.by_con_id(p.con_id)
+    contract = _contract(listing, listing.primary_exchange)
+    value = p.quantity * market_price
+    unrealized = value - p.quantity * p.avg_cost
+    return [PORTFOLIO_VALUE, 8, *contract, number(p.quantity), market_price, round(value, 2),
+            p.avg_cost, round(unrealized, 2), round(p.realized_pnl, 2), p.account]
+
+
+def account_value(key: str, value: str, currency: str, account: str) -> list:
+    return [ACCOUNT_VALUE, 2, key, value, currency, account]
+
+
+def account_update_time(now: float) -> list:
+    return [ACCOUNT_UPDATE_TIME, 1, dt.datetime.fromtimestamp(now, ZoneInfo(SERVER_ZONE)).strftime("%H:%M")]
+
+
+# ------------------------------------------------------------------ market data
+def tick_price(req_id: int, tick_type: int, price: float, size: int = 0) -> list:
+    return [TICK_PRICE, 6, req_id, tick_type, price, number(size), 0]
+
+
+def tick_size(req_id: int, tick_type: int, size: int) -> list:
+    return [TICK_SIZE, 6, req_id, tick_type, number(size)]
+
+
+def historical_data(req_id: int, start: str, end: str, bars: list[Bar], zone: str, format_date: int) -> list:
+    fields = [HISTORICAL_DATA, req_id, start, end, len(bars)]
+    for bar in bars:
+        if bar.day is not None:
+            stamp = bar.day.strftime("%Y%m%d")
+        elif format_date == 2:
+            stamp = str(int(bar.start))
+        else:
+            stamp = ib_time(bar.start, zone)
+        fields += [stamp, bar.open, bar.high, bar.low, bar.close, number(bar.volume), bar.wap, bar.count]
+    return fields

@@ -1,0 +1,69 @@
+"""IB's pacing rules, as the simulated gateway enforces them.
+
+Two rules matter to API users:
+- Message rate: at most 50 messages per second from one client; TWS answers a
+  violation with error 100 and disconnects a client that keeps violating.
+- Historical data (error 162): no identical request within 15 seconds; and, for
+  bars of 30 seconds or less, at most 6 requests for the same contract and
+  data type within 2 seconds and at most 60 requests within 10 minutes.
+"""
+
+from collections import deque
+
+MAX_MESSAGES_PER_SECOND = 50
+VIOLATIONS_BEFORE_DISCONNECT = 3
+
+IDENTICAL_WINDOW = 15.0
+SAME_CONTRACT_WINDOW, SAME_CONTRACT_MAX = 2.0, 6
+SMALL_BAR_WINDOW, SMALL_BAR_MAX = 600.0, 60
+SMALL_BAR_SECONDS = 30
+
+
+class MessageRate:
+    """Counts one client's messages in a sliding one-second window."""
+
+    def __init__(self, limit: int = MAX_MESSAGES_PER_SECOND):
+        self.limit = limit
+        self.times: deque[float] = deque()
+        self.violations = 0
+        self._reported_until = 0.0
+
+    def arrived(self, now: float) -> int | None:
+        """Record a message; return the count in the window when it breaks the limit
+        (once per second of violation), else None."""
+        times = self.times
+        times.append(now)
+        while now - times[0] > 1.0:
+            times.popleft()
+        if len(times) <= self.limit or now < self._reported_until:
+            return None
+        self.violations += 1
+        self._reported_until = now + 1.0
+        return len(times)
+
+    @property
+    def must_disconnect(self) -> bool:
+        return self.violations >= VIOLATIONS_BEFORE_DISCONNECT
+
+
+class HistoricalPacing:
+    """Remembers recent historical data requests of the whole gateway."""
+
+    def __init__(self):
+        self.requests: deque[tuple[float, tuple, tuple, bool]] = deque()
+
+    def check(self, now: float, request: tuple, contract_key: tuple, bar_seconds: float) -> str | None:
+        """Return why the request breaks pacing, or None and record it."""
+        while self.requests and now - self.requests[0][0] > SMALL_BAR_WINDOW:
+            self.requests.popleft()
+        small = bar_seconds <= SMALL_BAR_SECONDS
+        if any(r == request and now - t < IDENTICAL_WINDOW for t, r, _, _ in self.requests):
+            return "identical historical data request within 15 seconds"
+        if small:
+            same = sum(1 for t, _, c, s in self.requests if s and c == contract_key and now - t < SAME_CONTRACT_WINDOW)
+            if same >= SAME_CONTRACT_MAX:
+                return "six or more requests for the same contract within two seconds"
+            if sum(1 for _, _, _, s in self.requests if s) >= SMALL_BAR_MAX:
+                return "more than 60 requests for bars of 30 seconds or less within ten minutes"
+        self.requests.append((now, request, contract_key, small))
+        return None

@@ -1,0 +1,705 @@
+"""The simulated gateway's socket server: one asyncio loop, one Session per client.
+
+A Session reads a client's frames, answers each request as TWS does, and keeps
+the client's subscriptions (positions, account updates, market data). The
+gateway owns what all clients share: the broker (accounts, orders, fills), the
+price model, the clock, the registry of client ids, and a market loop that
+matches resting orders, streams quotes and saves state.
+
+Run it with ``qdibkr sim`` or from Python::
+
+    gateway = SimGateway(port=0).start_in_thread()   # port 0: any free port
+    ...  # connect ib_insync to 127.0.0.1:gateway.port
+    gateway.stop()
+"""
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from zoneinfo import ZoneInfo
+
+from . import catalogue, messages as msg, wire
+from .broker import Broker, Filled, OrderChanged, OrderRequest, PositionChanged, Rejection
+from .catalogue import Listing
+from .clock import SimClock
+from .market import PriceModel, bar_seconds
+from .pacing import HistoricalPacing, MessageRate
+
+log = logging.getLogger("qdibkr.sim")
+
+DEFAULT_ACCOUNTS = ("DU1234567",)
+MAX_CLIENTS = 32
+FARM_STATUS = (
+    (2104, "Market data farm connection is OK:usfarm"),
+    (2104, "Market data farm connection is OK:hkfarm"),
+    (2106, "HMDS data farm connection is OK:ushmds"),
+    (2158, "Sec-def data farm connection is OK:secdefnj"),
+)
+NO_SECURITY = "No security definition has been found for the request"
+DELAY_SECONDS = 15 * 60
+PORTFOLIO_REFRESH_SECONDS = 3.0
+
+# Market data types a client may ask for, and the tick types each quote field uses.
+LIVE, FROZEN, DELAYED, DELAYED_FROZEN = 1, 2, 3, 4
+LIVE_TICKS = {"bid": 1, "ask": 2, "last": 4, "high": 6, "low": 7, "close": 9, "open": 14, "volume": 8}
+DELAYED_TICKS = {"bid": 66, "ask": 67, "last": 68, "high": 72, "low": 73, "close": 75, "open": 76, "volume": 74}
+SIZES = {"bid": "bid_size", "ask": "ask_size", "last": "last_size"}
+
+
+def market_of(listing: Listing) -> str:
+    """The market-data permission a listing needs: "US" or "HK"."""
+    return "HK" if listing.currency == "HKD" else "US"
+
+
+@dataclasses.dataclass
+class Subscription:
+    listing: Listing
+    delayed: bool
+    last_sent: dict
+
+
+class Session(asyncio.Protocol):
+    """One client connection, from the ``API\\0`` greeting to the close."""
+
+    def __init__(self, gateway: "SimGateway"):
+        self.gateway = gateway
+        self.transport = None
+        self.peer = "?"
+        self.greeted = False
+        self.reader = wire.FrameReader()
+        self.version = 0
+        self.client_id: int | None = None
+        self.rate = MessageRate(gateway.max_rate)
+        self.market_data_type = LIVE
+        self.quotes: dict[int, Subscription] = {}
+        self.wants_positions = False
+        self.account_updates: str | None = None
+        self.account_multi: dict[int, str] = {}
+        self.handlers = {
+            1: self.req_mkt_data, 2: self.cancel_mkt_data, 3: self.place_order, 4: self.cancel_order,
+            5: self.req_open_orders, 6: self.req_account_updates, 7: self.req_executions, 8: self.req_ids,
+            9: self.req_contract_details, 15: self.ignore, 16: self.req_all_open_orders,
+            17: self.req_managed_accounts, 20: self.req_historical_data, 25: self.ignore,
+            49: self.req_current_time, 58: self.req_global_cancel, 59: self.req_market_data_type,
+            61: self.req_positions, 62: self.req_account_summary, 63: self.ignore, 64: self.cancel_positions,
+            71: self.start_api, 76: self.req_account_updates_multi, 77: self.cancel_account_updates_multi,
+            99: self.req_completed_orders,
+        }
+
+    # ------------------------------------------------------------ transport
+    def connection_made(self, transport):
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = f"{host}:{port}"
+
+    def connection_lost(self, exc):
+        self.gateway.forget(self)
+        log.info("client %s (%s) disconnected", self.client_id, self.peer)
+
+    def close(self, why: str):
+        log.warning("closing connection from %s (client %s): %s", self.peer, self.client_id, why)
+        self.transport.close()
+
+    def send(self, fields: list):
+        if not self.transport.is_closing():
+            self.transport.write(wire.encode(fields))
+
+    def error(self, req_id: int, code: int, text: str):
+        self.send(msg.error(self.version, req_id, code, text))
+
+    def data_received(self, data: bytes):
+        if not self.greeted:
+            data = self.greet(data)
+            if data is None:
+                return
+        try:
+            frames = self.reader.feed(data)
+        except wire.FrameError as e:
+            self.close(str(e))
+            return
+        for fields in frames:
+            if self.transport.is_closing():
+                return
+            if not self.version:
+                self.negotiate(fields)
+            else:
+                self.handle(fields)
+
+    def greet(self, data: bytes) -> bytes | None:
+        """Consume the ``API\\0`` prefix; anything else is not a TWS API client."""
+        buffered = getattr(self, "_greeting", b"") + data
+        if len(buffered) < len(wire.HANDSHAKE_PREFIX):
+            self._greeting = buffered
+            return None
+        if not buffered.startswith(wire.HANDSHAKE_PREFIX):
+            self.close(f"not a TWS API client: it began with {buffered[:8]!r}")
+            return None
+        self.greeted = True
+        return buffered[len(wire.HANDSHAKE_PREFIX):]
+
+    def negotiate(self, fields: list[str]):
+        """Answer the client's version range with the highest version both sides speak."""
+        try:
+            offered = wire.parse_version_range(fields[0] if fields else "")
+        except wire.FrameError as e:
+            self.close(str(e))
+            return
+        if offered.high < msg.MIN_VERSION or offered.low > msg.MAX_VERSION:
+            self.close(
+                f"client offers API versions {offered.low}..{offered.high}; this simulated gateway serves "
+                f"{msg.MIN_VERSION}..{msg.MAX_VERSION} (use ib_insync >= 0.9.86 or ib_async)")
+            return
+        self.version = min(offered.high, msg.MAX_VERSION)
+        log.info("client at %s speaks v%d..%d: serving v%d", self.peer, offered.low, offered.high, self.version)
+        self.send(msg.handshake(self.version, self.gateway.clock.now()))
+
+    def handle(self, fields: list[str]):
+        count = self.rate.arrived(time.monotonic())
+        if count is not None:
+            self.error(-1, 100, f"Max rate of messages per second has been exceeded:max={self.rate.limit} rec={count} ({self.rate.violations})")
+            if self.rate.must_disconnect:
+                self.close(f"repeated pacing violations ({self.rate.violations})")
+                return
+        try:
+            msg_id = int(fields[0])
+        except (IndexError, ValueError):
+            log.warning("client %s sent a message without a numeric id: %r", self.client_id, fields[:3])
+            self.error(-1, 320, "Error reading request: the message id is missing or not a number")
+            return
+        handler = self.handlers.get(msg_id)
+        if handler is None:
+            log.warning("client %s sent message id %d, which the simulated gateway does not handle", self.client_id, msg_id)
+            self.error(-1, 320, f"Error reading request: message id {msg_id} is not supported by the simulated gateway")
+            return
+        if self.client_id is None and msg_id != 71:
+            log.warning("client at %s sent message %d before startApi", self.peer, msg_id)
+            return
+        try:
+            handler(fields)
+        except (IndexError, ValueError) as e:
+            log.warning("client %s sent a malformed message %d: %s (%r)", self.client_id, msg_id, e, fields[:6])
+            self.error(-1, 320, f"Error reading request: malformed message {msg_id}: {e}")
+
+    # ------------------------------------------------------------ connection
+    def start_api(self, fields):
+        if self.client_id is not None:
+            return
+        client_id = int(fields[2])
+        gateway = self.gateway
+        if client_id in gateway.sessions:
+            self.error(-1, 326, "Unable to connect as the client id is already in use. Retry with a unique client id.")
+            self.close(f"client id {client_id} is already in use")
+            return
+        if len(gateway.sessions) >= gateway.max_clients:
+            self.error(-1, 502, f"Couldn't connect to TWS: the maximum of {gateway.max_clients} API clients is connected.")
+            self.close("too many clients")
+            return
+        self.client_id = client_id
+        gateway.sessions[client_id] = self
+        log.info("client %d connected from %s", client_id, self.peer)
+        self.send([msg.MANAGED_ACCOUNTS, 1, ",".join(gateway.broker.accounts)])
+        self.send([msg.NEXT_VALID_ID, 1, gateway.broker.next_order_id])
+        for code, text in FARM_STATUS:
+            self.error(-1, code, text)
+
+    def ignore(self, fields):
+        pass
+
+    def req_ids(self, fields):
+        self.send([msg.NEXT_VALID_ID, 1, self.gateway.broker.next_order_id])
+
+    def req_managed_accounts(self, fields):
+        self.send([msg.MANAGED_ACCOUNTS, 1, ",".join(self.gateway.broker.accounts)])
+
+    def req_current_time(self, fields):
+        self.send([msg.CURRENT_TIME, 1, int(self.gateway.clock.now())])
+
+    # ------------------------------------------------------------ contracts
+    def find(self, contract: list[str]) -> list[Listing]:
+        """Listings matching a 12-field contract as the client sent it."""
+        con_id, symbol, sec_type, _, _, _, _, exchange, primary, currency, local_symbol, _ = contract
+        return catalogue.find(symbol, sec_type=sec_type, exchange=exchange, primary_exchange=primary,
+                              currency=currency, con_id=int(con_id or 0), local_symbol=local_symbol)
+
+    def find_one(self, req_id: int, contract: list[str]) -> Listing | None:
+        found = self.find(contract)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            self.error(req_id, 200, f"The contract description specified for {contract[1]} is ambiguous.")
+        else:
+            self.error(req_id, 200, NO_SECURITY)
+        return None
+
+    def req_contract_details(self, fields):
+        req_id = int(fields[2])
+        found = self.find(fields[3:15])
+        if not found:
+            self.error(req_id, 200, NO_SECURITY)
+            return
+        now = self.gateway.clock.now()
+        for listing in found:
+            self.send(msg.contract_data(self.version, req_id, listing, now))
+        self.send([msg.CONTRACT_DATA_END, 1, req_id])
+
+    # ------------------------------------------------------------ market data
+    def req_market_data_type(self, fields):
+        self.market_data_type = int(fields[2])
+
+    def req_mkt_data(self, fields):
+        req_id = int(fields[2])
+        listing = self.find_one(req_id, fields[3:15])
+        if listing is None:
+            return
+        rest = fields[15:]
+        if rest and rest[0] == "1":  # a delta-neutral contract follows
+            rest = rest[3:]
+        snapshot = len(rest) > 2 and rest[2] == "1"
+        live = market_of(listing) in self.gateway.live_data
+        if not live and self.market_data_type in (LIVE, FROZEN):
+            self.error(req_id, 354, f"Requested market data is not subscribed. Delayed market data is available.{listing.symbol} {listing.primary_exchange}/TOP/ALL")
+            return
+        delayed = not live
+        self.send([msg.MARKET_DATA_TYPE, 1, req_id, DELAYED if delayed else LIVE])
+        self.send([msg.TICK_REQ_PARAMS, req_id, catalogue.min_tick(listing, listing.base_price), "9c0001", 3])
+        if delayed:
+            self.error(req_id, 10167, f"Requested market data is not subscribed. Displaying delayed market data.")
+        subscription = Subscription(listing, delayed, {})
+        self.send_quote(req_id, subscription)
+        if snapshot:
+            self.send([msg.TICK_SNAPSHOT_END, 1, req_id])
+        else:
+            self.quotes[req_id] = subscription
+
+    def cancel_mkt_data(self, fields):
+        self.quotes.pop(int(fields[2]), None)
+
+    def send_quote(self, req_id: int, sub: Subscription):
+        """Send the quote's ticks that changed since the last ones sent on this request."""
+        now = self.gateway.clock.now()
+        quote = self.gateway.quote(sub.listing, now - DELAY_SECONDS if sub.delayed else now)
+        ticks = DELAYED_TICKS if sub.delayed else LIVE_TICKS
+        for name, tick_type in ticks.items():
+            value = getattr(quote, name)
+            size = getattr(quote, SIZES[name]) if name in SIZES else None
+            if sub.last_sent.get(name) == (value, size):
+                continue
+            sub.last_sent[name] = (value, size)
+            if name == "volume":
+                self.send(msg.tick_size(req_id, tick_type, value))
+            else:
+                self.send(msg.tick_price(req_id, tick_type, value, size or 0))
+
+    def req_historical_data(self, fields):
+        req_id = int(fields[1])
+        contract = fields[2:14]
+        end, bar_size, duration, use_rth, what, format_date = fields[15:21]
+        keep_up_to_date = fields[21] == "1" if len(fields) > 21 else False
+        listing = self.find_one(req_id, contract)
+        if listing is None:
+            return
+        if keep_up_to_date:
+            self.error(req_id, 321, "Error validating request.-'keepUpToDate' : cause - the simulated gateway does not stream bar updates; request without keepUpToDate")
+            return
+        try:
+            seconds = bar_seconds(bar_size)
+            end_time = parse_end(end, self.gateway.clock.now())
+        except ValueError as e:
+            self.error(req_id, 321, f"Error validating request.-'{bar_size}' : cause - {e}")
+            return
+        request = (listing.con_id, end, bar_size, duration, use_rth, what)
+        why = self.gateway.historical_pacing.check(time.monotonic(), request, (listing.con_id, what), seconds)
+        if why:
+            self.error(req_id, 162, f"Historical Market Data Service error message:Historical data request pacing violation: {why}")
+            return
+        self.gateway.spawn(self.send_bars(req_id, listing, end_time, duration, bar_size, use_rth == "1", what, int(format_date or 1)))
+
+    async def send_bars(self, req_id, listing, end_time, duration, bar_size, use_rth, what, format_date):
+        """Compute bars off the event loop: years of bars must not stall other clients."""
+        model = self.gateway.model
+        loop = asyncio.get_running_loop()
+        try:
+            bars = await loop.run_in_executor(None, model.bars, listing, end_time, duration, bar_size, use_rth, what)
+        except ValueError as e:
+            self.error(req_id, 321, f"Error validating request.-'{duration}' : cause - {e}")
+            return
+        if not bars:
+            self.error(req_id, 162, "Historical Market Data Service error message:HMDS query returned no data")
+            return
+        zone = listing.time_zone
+        start_text = msg.ib_time(bars[0].start, zone)
+        end_text = msg.ib_time(end_time, zone)
+        self.send(msg.historical_data(req_id, start_text, end_text, bars, zone, format_date))
+
+    # ------------------------------------------------------------ orders
+    def place_order(self, fields):
+        order_id = int(fields[1])
+        listing = self.find_one(order_id, fields[2:14])
+        if listing is None:
+            return
+        unsupported = unsupported_order_features(fields)
+        if unsupported:
+            self.error(order_id, 201, f"Order rejected - reason:{unsupported} is not supported by the simulated gateway")
+            return
+        request = OrderRequest(
+            action=fields[16].upper(), quantity=float(fields[17] or 0), order_type=fields[18].upper(),
+            limit_price=float(fields[19]) if fields[19] else None, tif=(fields[21] or "DAY").upper(),
+            account=fields[23], order_ref=fields[26], outside_rth=fields[33] == "1")
+        self.gateway.broker_call(self, order_id, lambda b: b.place(self.client_id, order_id, listing, request))
+
+    def cancel_order(self, fields):
+        order_id = int(fields[2])
+        self.gateway.broker_call(self, order_id, lambda b: b.cancel(self.client_id, order_id), cancelling=True)
+
+    def req_global_cancel(self, fields):
+        broker = self.gateway.broker
+        for order in broker.open_orders():
+            self.gateway.broker_call(self, order.order_id, lambda b, o=order: b.cancel(o.client_id, o.order_id), cancelling=True)
+
+    def send_order(self, order):
+        self.send(msg.open_order(self.version, order))
+        self.send(msg.order_status(order))
+
+    def req_open_orders(self, fields):
+        for order in self.gateway.broker.open_orders():
+            if order.client_id == self.client_id:
+                self.send_order(order)
+        self.send([msg.OPEN_ORDER_END, 1])
+
+    def req_all_open_orders(self, fields):
+        for order in self.gateway.broker.open_orders():
+            self.send_order(order)
+        self.send([msg.OPEN_ORDER_END, 1])
+
+    def req_completed_orders(self, fields):
+        for order in self.gateway.broker.completed_orders():
+            self.send(msg.completed_order(self.version, order))
+        self.send([msg.COMPLETED_ORDERS_END])
+
+    def req_executions(self, fields):
+        req_id = int(fields[2])
+        client_id, account, since, symbol, sec_type, exchange, side = (fields[3:10] + [""] * 7)[:7]
+        since_time = parse_end(since, 0.0) if since else self.gateway.start_of_day()
+        for ex in self.gateway.broker.executions:
+            listing = catalogue.by_con_id(ex.con_id)
+            wanted = (
+                client_id in ("", "0") or int(client_id) == ex.client_id,
+                not account or account == ex.account,
+                ex.time >= since_time,
+                not symbol or symbol.upper() == listing.symbol,
+                not sec_type or sec_type == "STK",
+                not exchange or exchange in (listing.exchange, listing.primary_exchange),
+                not side or side.upper().startswith("B") == ex.side.startswith("B"),
+            )
+            if all(wanted):
+                self.send(msg.execution(req_id, ex))
+                self.send(msg.commission_report(ex))
+        self.send([msg.EXECUTION_DATA_END, 1, req_id])
+
+    # ------------------------------------------------------------ account and positions
+    def req_positions(self, fields):
+        self.wants_positions = True
+        for p in self.gateway.broker.held_positions():
+            if p.quantity:
+                self.send(msg.position(p))
+        self.send([msg.POSITION_END, 1])
+
+    def cancel_positions(self, fields):
+        self.wants_positions = False
+
+    def req_account_updates(self, fields):
+        subscribe, account = fields[2] == "1", fields[3]
+        if not subscribe:
+            self.account_updates = None
+            return
+        account = account or next(iter(self.gateway.broker.accounts))
+        if account not in self.gateway.broker.accounts:
+            self.error(-1, 321, f"Error validating request.-'acctCode' : cause - unknown account {account}")
+            return
+        self.account_updates = account
+        self.send_account(account, portfolio=True)
+        self.send([msg.ACCOUNT_DOWNLOAD_END, 1, account])
+
+    def send_account(self, account: str, portfolio: bool):
+        gateway = self.gateway
+        for key, value, currency in gateway.broker.account_values(account):
+            self.send(msg.account_value(key, value, currency, account))
+        if portfolio:
+            for p in gateway.broker.held_positions(account):
+                self.send(msg.portfolio_value(p, gateway.broker.mark_price(catalogue.by_con_id(p.con_id))))
+        self.send(msg.account_update_time(gateway.clock.now()))
+
+    def req_account_updates_multi(self, fields):
+        req_id, account = int(fields[2]), fields[3]
+        accounts = self.gateway.broker.accounts
+        if account not in accounts:
+            self.error(req_id, 321, f"Error validating request.-'account' : cause - unknown account {account}")
+            return
+        self.account_multi[req_id] = account
+        self.send_account_multi(req_id, account)
+        self.send([msg.ACCOUNT_UPDATE_MULTI_END, 1, req_id])
+
+    def send_account_multi(self, req_id: int, account: str):
+        for key, value, currency in self.gateway.broker.account_values(account):
+            self.send([msg.ACCOUNT_UPDATE_MULTI, 1, req_id, account, "", key, value, currency])
+
+    def cancel_account_updates_multi(self, fields):
+        self.account_multi.pop(int(fields[2]), None)
+
+    def req_account_summary(self, fields):
+        """Summary tags are read in USD (the base currency); ``$LEDGER[:CUR|:ALL]`` adds per-currency rows."""
+        req_id, tags = int(fields[2]), fields[4]
+        wanted = {t.strip() for t in tags.split(",") if t.strip()}
+        ledger = {t.partition(":")[2] or "BASE" for t in wanted if t.startswith("$LEDGER")}
+        for account in self.gateway.broker.accounts:
+            for key, value, currency in self.gateway.broker.account_values(account):
+                summary_row = key in wanted and currency in ("USD", "")
+                ledger_row = bool(currency) and ("ALL" in ledger or currency in ledger)
+                if summary_row or ledger_row:
+                    self.send([msg.ACCOUNT_SUMMARY, 1, req_id, account, key, value, currency])
+        self.send([msg.ACCOUNT_SUMMARY_END, 1, req_id])
+
+    # ------------------------------------------------------------ pushes from the gateway
+    def position_changed(self, account: str, con_id: int):
+        broker = self.gateway.broker
+        p = broker.position(account, con_id)
+        if self.wants_positions:
+            self.send(msg.position(p))
+        if self.account_updates == account:
+            self.send(msg.portfolio_value(p, broker.mark_price(catalogue.by_con_id(con_id))))
+            self.send_account(account, portfolio=False)
+        for req_id, multi_account in self.account_multi.items():
+            if multi_account == account:
+                self.send_account_multi(req_id, account)
+
+    def refresh(self, portfolio_due: bool):
+        """Called by the market loop: stream quotes; now and then revalue the portfolio."""
+        for req_id, sub in self.quotes.items():
+            self.send_quote(req_id, sub)
+        if portfolio_due and self.account_updates:
+            self.send_account(self.account_updates, portfolio=True)
+
+
+def unsupported_order_features(fields: list[str]) -> str:
+    """Name an order feature the simulator would silently get wrong, else ''."""
+    if fields[4] and fields[4] != "STK":
+        return f"security type {fields[4]}"
+    if fields[27] == "0":
+        return "an order with transmit=False"
+    if fields[28] not in ("", "0"):
+        return "a child order (parentId)"
+    if what_if(fields):
+        return "a what-if order"
+    return ""
+
+
+def what_if(fields: list[str]) -> bool:
+    """Walk placeOrder's variable-length tail to the whatIf flag (see ib_insync Client.placeOrder)."""
+    i = 35 + 1 + 31  # hidden, then '' .. deltaNeutralAuxPrice
+    if fields[i - 2]:  # deltaNeutralOrderType
+        i += 8
+    i += 4 + 3  # continuousUpdate .. trailingPercent, scale sizes and increment
+    increment = fields[i - 1]
+    if increment and 0 < float(increment) < wire.UNSET_DOUBLE:
+        i += 7
+    i += 4  # scaleTable, activeStartTime, activeStopTime, hedgeType
+    if fields[i - 1]:
+        i += 1
+    i += 4  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+    i += 1 + (3 if fields[i] == "1" else 0)  # delta-neutral contract
+    algo = fields[i]
+    i += 1
+    if algo:
+        i += 1 + 2 * int(fields[i])
+    i += 1  # algoId
+    return fields[i] == "1"
+
+
+def parse_end(text: str, now: float) -> float:
+    """IB's endDateTime: '' (now), 'YYYYMMDD HH:MM:SS[ Zone]' or 'YYYYMMDD-HH:MM:SS' (UTC)."""
+    text = text.strip()
+    if not text:
+        return now
+    if "-" in text and " " not in text:
+        return dt.datetime.strptime(text, "%Y%m%d-%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+    parts = text.split()
+    zone = ZoneInfo(parts[2]) if len(parts) > 2 else ZoneInfo(msg.SERVER_ZONE)
+    stamp = " ".join(parts[:2]) if len(parts) > 1 else parts[0] + " 23:59:59"
+    return dt.datetime.strptime(stamp, "%Y%m%d %H:%M:%S").replace(tzinfo=zone).timestamp()
+
+
+class SimGateway:
+    """The simulated TWS / IB Gateway: accounts, orders and market data behind the real API socket."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7497, *, accounts=DEFAULT_ACCOUNTS,
+                 seed: int = 0, state_path: str | None = None, live_data=("US",),
+                 tick_interval: float = 0.25, speed: float = 1.0, max_clients: int = MAX_CLIENTS,
+                 max_rate: int = 50):
+        self.host = host
+        self.port = port
+        self.clock = SimClock(speed)
+        self.model = PriceModel(seed)
+        self.broker = Broker(list(accounts), self.model, self.clock)
+        self.state_path = state_path
+        if state_path and os.path.exists(state_path):
+            self.broker.load(state_path)
+            log.info("loaded simulator state from %s", state_path)
+        self.live_data = set(live_data)
+        self.tick_interval = tick_interval
+        self.max_clients = max_clients
+        self.max_rate = max_rate
+        self.sessions: dict[int, Session] = {}
+        self.historical_pacing = HistoricalPacing()
+        self._server = None
+        self._loop = None
+        self._thread = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_portfolio = 0.0
+        self._quotes: dict[int, object] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._server = await loop.create_server(lambda: Session(self), self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.spawn(self.market_loop())
+        log.info("simulated gateway listening on %s:%d (accounts %s)", self.host, self.port, ",".join(self.broker.accounts))
+        return self
+
+    async def serve_forever(self):
+        await self.start()
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.close()
+
+    async def close(self):
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server:
+            self._server.close()
+        for session in list(self.sessions.values()):
+            session.transport.close()
+        self.save()
+
+    def start_in_thread(self) -> "SimGateway":
+        """Serve from a daemon thread with its own event loop; returns once listening."""
+        ready = threading.Event()
+        failure = []
+
+        def run():
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start())
+            except BaseException as e:  # reported to the starting thread
+                failure.append(e)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.close())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="qdibkr-sim", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self):
+        """Stop a gateway started with ``start_in_thread``, saving state first."""
+        if self._thread and self._loop:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def advance(self, seconds: float):
+        """Move simulated time forward and run a market pass (thread-safe)."""
+        async def step():
+            self.clock.advance(seconds)
+            self.market_pass()
+        if self._loop and self._thread and threading.current_thread() is not self._thread:
+            asyncio.run_coroutine_threadsafe(step(), self._loop).result(timeout=30)
+        else:
+            self.clock.advance(seconds)
+            self.market_pass()
+
+    def spawn(self, coro):
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, session: Session):
+        if session.client_id is not None and self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def save(self):
+        if self.state_path and self.broker.dirty:
+            self.broker.save(self.state_path)
+
+    def start_of_day(self) -> float:
+        local = dt.datetime.fromtimestamp(self.clock.now(), ZoneInfo(msg.SERVER_ZONE))
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+    # ------------------------------------------------------------ market
+    def quote(self, listing: Listing, t: float):
+        return self.model.quote(listing, t)
+
+    async def market_loop(self):
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                self.market_pass()
+            except Exception:
+                log.exception("market pass failed")
+
+    def market_pass(self):
+        """Match resting orders, stream quotes, revalue portfolios, persist state."""
+        self.dispatch(self.broker.match())
+        wall = time.monotonic()
+        portfolio_due = wall - self._last_portfolio >= PORTFOLIO_REFRESH_SECONDS
+        if portfolio_due:
+            self._last_portfolio = wall
+        for session in list(self.sessions.values()):
+            session.refresh(portfolio_due)
+        self.save()
+
+    # ------------------------------------------------------------ orders
+    def broker_call(self, session: Session, order_id: int, call, cancelling: bool = False):
+        """Run a broker operation; report a rejection to the client, else the events."""
+        try:
+            events = call(self.broker)
+        except Rejection as r:
+            log.info("client %s order %d refused: %s", session.client_id, order_id, r.text)
+            session.error(order_id, r.code, r.text)
+            return
+        if cancelling:
+            for event in events:
+                owner = self.sessions.get(event.order.client_id)
+                if owner:
+                    owner.error(event.order.order_id, 202, "Order Canceled - reason:")
+        self.dispatch(events)
+
+    def dispatch(self, events: list):
+        """Report broker events to the clients concerned, in TWS's order."""
+        for event in events:
+            if isinstance(event, PositionChanged):
+                for session in list(self.sessions.values()):
+                    session.position_changed(event.account, event.con_id)
+                continue
+            owner = self.sessions.get(event.order.client_id)
+            if owner is None:
+                continue
+            if isinstance(event, OrderChanged):
+                owner.send_order(event.order)
+            elif isinstance(event, Filled):
+                owner.send(msg.execution(-1, event.execution))
+                owner.send(msg.commission_report(event.execution))
+                owner.send(msg.order_status(event.order))
