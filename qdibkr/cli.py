@@ -13,9 +13,15 @@ def cmd_sim(args):
         args.host, args.port, accounts=args.accounts.split(","), seed=args.seed,
         state_path=args.state, live_data=[m for m in args.live_data.split(",") if m],
         speed=args.speed)
-    print(f"simulated gateway on {args.host}:{args.port}, accounts {args.accounts}; Ctrl-C stops it", flush=True)
+
+    async def serve():
+        await gateway.start()
+        print(f"simulated gateway listening on {gateway.host}:{gateway.port}, accounts {args.accounts}; "
+              f"Ctrl-C stops it", flush=True)
+        await gateway.serve_forever()
+
     try:
-        asyncio.run(gateway.serve_forever())
+        asyncio.run(serve())
     except KeyboardInterrupt:
         pass
     return 0

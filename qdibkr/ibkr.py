@@ -86,6 +86,36 @@ class Quote:
     delayed: bool
 
 
+async def until(ib: IB, condition, timeout: float) -> bool:
+    """Wait until ``condition()`` holds, re-checking after every message batch from TWS.
+
+    The handler is attached before the first check and nothing yields between a
+    check and the wait, so no update can slip by unseen (``IB.waitOnUpdate``
+    can miss one that lands while it is still starting). Returns False on timeout.
+    """
+    changed = asyncio.Event()
+
+    def on_update(*_):
+        changed.set()
+
+    ib.updateEvent += on_update
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            changed.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except asyncio.TimeoutError:
+                return condition()
+        return True
+    finally:
+        ib.updateEvent -= on_update
+
+
 def _num(x) -> float | None:
     """ib_insync marks a missing price as NaN (or -1 for some sizes); we say None."""
     if x is None or (isinstance(x, float) and (math.isnan(x) or x == -1)):
@@ -326,16 +356,9 @@ class IBKR:
     async def _answer(self, trade: Trade, order_id: int) -> OrderResult:
         """Wait for TWS to acknowledge or refuse an order; raise with IB's reason if refused."""
         errors = self._errors.setdefault(order_id, [])
-        errors.clear()
-        deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT
-        while trade.orderStatus.status not in ACKED_STATUSES and not errors:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return self._result(trade, f"TWS has not acknowledged order {order_id} within {ACK_TIMEOUT:g} s")
-            try:
-                await asyncio.wait_for(self.ib.updateEvent, left)
-            except asyncio.TimeoutError:
-                pass
+        acknowledged = await until(self.ib, lambda: trade.orderStatus.status in ACKED_STATUSES or errors, ACK_TIMEOUT)
+        if not acknowledged:
+            return self._result(trade, f"TWS has not acknowledged order {order_id} within {ACK_TIMEOUT:g} s")
         refusals = [(c, t) for c, t in errors if c in ORDER_ERRORS and c != 202]
         if refusals:
             code, text = refusals[0]
@@ -350,14 +373,14 @@ class IBKR:
             raise InputError("order_id", f"no open order {order_id} was placed by client id "
                                          f"{self.settings.client_id}; `qdibkr orders` lists open orders and "
                                          f"their client ids (an order is cancelled by the client that placed it)")
-        self.ib.cancelOrder(trade.order)
         errors = self._errors.setdefault(order_id, [])
-        while trade.orderStatus.status not in DONE_STATUSES:
-            refusals = [(c, t) for c, t in errors if c not in (202,)]
-            if refusals:
-                code, text = refusals[-1]
-                raise TWSError(code, f"TWS could not cancel order {order_id} (error {code}): {text}")
-            await asyncio.wait_for(self.ib.updateEvent, ACK_TIMEOUT)
+        errors.clear()
+        self.ib.cancelOrder(trade.order)
+        refused = lambda: [(c, t) for c, t in errors if c != 202]  # noqa: E731
+        await until(self.ib, lambda: trade.orderStatus.status in DONE_STATUSES or refused(), ACK_TIMEOUT)
+        if refused():
+            code, text = refused()[-1]
+            raise TWSError(code, f"TWS could not cancel order {order_id} (error {code}): {text}")
         return self._result(trade)
 
     def cancel_order(self, order_id: int) -> OrderResult:

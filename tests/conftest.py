@@ -1,10 +1,9 @@
 """Shared fixtures: a simulated gateway on a free loopback port, and real ib_insync clients."""
 
-import time
-
 import pytest
-from ib_insync import IB
+from ib_insync import IB, util
 
+from qdibkr.ibkr import until
 from qdibkr.sim import SimGateway
 
 
@@ -39,13 +38,8 @@ def ib(connect) -> IB:
 def wait_until(ib: IB, condition, timeout: float = 5.0):
     """Let ib_insync process incoming messages until ``condition()`` holds.
 
-    Each wait ends at the client's next network update, so nothing here sleeps
-    for a fixed time; the timeout only bounds a failing test.
+    Woken by each batch of messages, so nothing sleeps for a fixed time; the
+    timeout only bounds a failing test.
     """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"condition not met within {timeout} s")
-        ib.waitOnUpdate(timeout=left)
-    return True
+    if not util.run(until(ib, condition, timeout)):
+        raise AssertionError(f"condition not met within {timeout} s")

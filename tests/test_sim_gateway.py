@@ -72,7 +72,7 @@ def test_client_id_in_use_is_refused_with_326(gateway, connect):
     second = IB()
     seen = errors_of(second)
     with pytest.raises((ConnectionError, TimeoutError, OSError)):
-        second.connect("127.0.0.1", gateway.port, clientId=3, timeout=3)
+        second.connect("127.0.0.1", gateway.port, clientId=3, timeout=1)
     assert any(code == 326 for _, code, _ in seen)
     assert not second.isConnected()
 
@@ -221,19 +221,18 @@ def test_hk_order_commission_minimum_and_sell_realises_pnl(ib):
 
 
 def test_large_market_order_fills_in_parts(ib):
-    aapl = Stock("AAPL", "SMART", "USD")
-    ib.qualifyContracts(aapl)
-    [ticker] = ib.reqTickers(aapl)
-    quantity = 3 * int(ticker.askSize)  # more than the displayed size at the best price
-    trade = ib.placeOrder(aapl, MarketOrder("BUY", quantity))
+    nvda = Stock("NVDA", "SMART", "USD")
+    ib.qualifyContracts(nvda)
+    quantity = 3000  # twice the largest size the simulator ever displays at one price
+    trade = ib.placeOrder(nvda, MarketOrder("BUY", quantity))
     wait_until(ib, lambda: trade.isDone() and all(f.commissionReport.execId for f in trade.fills), timeout=10)
     assert trade.orderStatus.status == "Filled"
-    assert len(trade.fills) >= 3
+    assert len(trade.fills) >= 2
     assert sum(f.execution.shares for f in trade.fills) == quantity
     prices = [f.execution.price for f in trade.fills]
-    assert prices == sorted(prices) and prices[-1] > prices[0]  # walked up the book
+    assert prices[1] == pytest.approx(prices[0] + 0.01)  # took the best ask, then one tick up the book
     commissions = sum(f.commissionReport.commission for f in trade.fills)
-    assert commissions == pytest.approx(max(1.0, 0.005 * quantity), abs=0.02)
+    assert commissions == pytest.approx(0.005 * quantity, abs=0.02)
 
 
 def test_limit_order_rests_then_fills_when_price_crosses(gateway, ib):
@@ -245,11 +244,10 @@ def test_limit_order_rests_then_fills_when_price_crosses(gateway, ib):
     wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
     assert not trade.fills
     for _ in range(200):  # move time on, an hour at a time, until the path crosses the limit
+        gateway.advance(3600)
+        ib.reqCurrentTime()  # a round trip: whatever the gateway sent before its answer is now processed
         if trade.isDone():
             break
-        gateway.advance(3600)
-        ib.waitOnUpdate(timeout=0.05)
-    wait_until(ib, lambda: trade.isDone())
     assert trade.orderStatus.status == "Filled"
     assert trade.fills[0].execution.price <= limit
 
@@ -362,9 +360,7 @@ def test_ib_async_connects_qualifies_and_fills(gateway):
         contract = ib_async.Stock("700", "SEHK", "HKD")
         assert ib.qualifyContracts(contract)
         trade = ib.placeOrder(contract, ib_async.MarketOrder("BUY", 200))
-        deadline = time.monotonic() + 5
-        while not trade.isDone() and time.monotonic() < deadline:
-            ib.waitOnUpdate(timeout=1)
+        ib.reqCurrentTime()  # a round trip: the fill, sent before its answer, is now processed
         assert trade.orderStatus.status == "Filled"
         assert trade.orderStatus.filled == 200
     finally:

@@ -189,6 +189,7 @@ class Broker:
         self.next_order_id = 1
         self.next_perm_id = 1_000_000_001
         self.dirty = False
+        self._quotes = {}
 
     # ------------------------------------------------------------ queries
     def position(self, account: str, con_id: int) -> Position:
@@ -216,6 +217,15 @@ class Broker:
             raise Rejection(436, "You must specify an allocation (either a single account, group, or profile).")
         return next(iter(self.accounts))
 
+    def quote(self, listing: Listing, t: float):
+        """The model's quote, remembered for the instant: one order asks for it several times."""
+        key = (listing.con_id, t)
+        if key not in self._quotes:
+            if len(self._quotes) > 256:
+                self._quotes.clear()
+            self._quotes[key] = self.model.quote(listing, t)
+        return self._quotes[key]
+
     def mark_price(self, listing: Listing, t: float | None = None) -> float:
         return catalogue.round_to_tick(listing, self.model.mid(listing, self.clock.now() if t is None else t))
 
@@ -228,8 +238,8 @@ class Broker:
                             f"Cannot modify a {existing.status.lower()} order" if existing.status == "Filled"
                             else f"Duplicate order id {order_id}: that order is already {existing.status}")
         account = self.resolve_account(request.account or (existing.account if existing else ""))
-        quantity = self._validate(listing, request, account, existing)
         now = self.clock.now()
+        quantity = self._validate(listing, request, account, existing, now)
         if existing:
             existing.quantity = quantity
             existing.limit_price = request.limit_price if request.order_type == "LMT" else None
@@ -274,7 +284,8 @@ class Broker:
         return events
 
     # ------------------------------------------------------------ rules
-    def _validate(self, listing: Listing, request: OrderRequest, account: str, existing: Order | None) -> int:
+    def _validate(self, listing: Listing, request: OrderRequest, account: str, existing: Order | None,
+                  now: float) -> int:
         if request.action not in ("BUY", "SELL"):
             raise reject(f"action must be BUY or SELL, not {request.action!r}")
         if request.order_type not in ORDER_TYPES:
@@ -290,7 +301,7 @@ class Broker:
         if listing.board_lot > 1 and quantity % listing.board_lot:
             raise reject(f"order size {quantity} is not a multiple of the board lot size {listing.board_lot} for {listing.symbol} on {listing.primary_exchange}")
 
-        quote = self.model.quote(listing, self.clock.now())
+        quote = self.quote(listing, now)
         if request.order_type == "LMT":
             price = request.limit_price
             if price is None or price <= 0:
@@ -316,7 +327,8 @@ class Broker:
             price = request.limit_price if request.order_type == "LMT" else quote.ask
             cost = new_open * price
             cost += commission_due(listing, new_open, cost)
-            reserved = sum(self._reservation(o) for o in others if o.action == "BUY" and o.listing.currency == listing.currency)
+            reserved = sum(self._reservation(o, now) for o in others
+                           if o.action == "BUY" and o.listing.currency == listing.currency)
             available = self.accounts[account].cash.get(listing.currency, 0.0) - reserved
             if cost > available:
                 raise reject(
@@ -324,9 +336,8 @@ class Broker:
                     f"but only {available:,.2f} {listing.currency} is available")
         return quantity
 
-    def _reservation(self, order: Order) -> float:
-        listing = order.listing
-        price = order.limit_price if order.limit_price is not None else self.model.quote(listing, self.clock.now()).ask
+    def _reservation(self, order: Order, now: float) -> float:
+        price = order.limit_price if order.limit_price is not None else self.quote(order.listing, now).ask
         return order.remaining * price
 
     def _expiry(self, listing: Listing, tif: str, now: float) -> float | None:
@@ -343,7 +354,7 @@ class Broker:
     # ------------------------------------------------------------ matching
     def _match_order(self, order: Order, now: float, placing: bool) -> list:
         listing = order.listing
-        quote = self.model.quote(listing, now)
+        quote = self.quote(listing, now)
         buying = order.action == "BUY"
         best = quote.ask if buying else quote.bid
         depth = quote.ask_size if buying else quote.bid_size

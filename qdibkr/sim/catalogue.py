@@ -17,6 +17,8 @@ calendar takes about a tenth of a second, so each one is loaded once, lazily,
 and covers 2000-2049: the span the simulator's price model supports.
 """
 
+import bisect
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -203,6 +205,12 @@ def _ladder(market_rule_id: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array([edge for edge, _ in rows]), np.array([step for _, step in rows])
 
 
+def _tick_size(listing: Listing, price: float) -> float:
+    """The scalar case of ``_tick_sizes``, without numpy's per-call overhead (the order path's hot spot)."""
+    rows = MARKET_RULES[listing.market_rule_id]
+    return rows[max(0, bisect.bisect_right([edge for edge, _ in rows], price) - 1)][1]
+
+
 def _tick_sizes(listing: Listing, prices: np.ndarray) -> np.ndarray:
     edges, steps = _ladder(listing.market_rule_id)
     band = np.searchsorted(edges, prices, side="right") - 1
@@ -216,6 +224,8 @@ def min_tick(listing: Listing, price):
     trades in steps of 0.1 (HKEX's table puts it in the 0.05 band; both ladders
     agree on which prices are valid).
     """
+    if isinstance(price, (float, int)):
+        return _tick_size(listing, price)
     ticks = _tick_sizes(listing, np.asarray(price, dtype=float))
     return float(ticks) if ticks.ndim == 0 else ticks
 
@@ -228,8 +238,9 @@ def round_to_tick(listing: Listing, price, direction: str = "nearest"):
     ladders is a multiple of the increments on either side of it, so rounding
     with the increment at the price itself always lands on a valid price.
     """
-    prices = np.asarray(price, dtype=float)
-    tick = _tick_sizes(listing, prices)
+    scalar = isinstance(price, (float, int))
+    prices = float(price) if scalar else np.asarray(price, dtype=float)
+    tick = _tick_size(listing, prices) if scalar else _tick_sizes(listing, prices)
     # round() first so that 412.4 / 0.2 = 2061.9999999 floors to 2062, not 2061.
     steps = np.round(prices / tick, 9)
     if direction == "down":
@@ -241,7 +252,7 @@ def round_to_tick(listing: Listing, price, direction: str = "nearest"):
     else:
         raise ValueError(f"direction must be 'nearest', 'down' or 'up', not {direction!r}")
     rounded = np.round(steps * tick, 6)
-    return float(rounded) if rounded.ndim == 0 else rounded
+    return float(rounded) if scalar or rounded.ndim == 0 else rounded
 
 
 # ------------------------------------------------------------------ sessions
@@ -278,7 +289,11 @@ def _epoch(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _calendar(name: str) -> exchange_calendars.ExchangeCalendar:
-    return exchange_calendars.get_calendar(name, start=CALENDAR_START, end=CALENDAR_END)
+    with warnings.catch_warnings():
+        # exchange_calendars 4.13 uses pandas APIs that pandas 3.1 deprecates
+        # (Series.values, DatetimeIndex.weekday): noise the user can do nothing about.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return exchange_calendars.get_calendar(name, start=CALENDAR_START, end=CALENDAR_END)
 
 
 @lru_cache(maxsize=None)
@@ -297,10 +312,13 @@ def session_table(calendar: str) -> SessionTable:
         ext_close = closes + post_length.total_seconds()
     else:
         ext_open, ext_close = opens, closes
-    return SessionTable(
+    table = SessionTable(
         day=days.values.astype("datetime64[D]"), open=opens, close=closes,
         break_start=_epoch(schedule["break_start"]), break_end=_epoch(schedule["break_end"]),
         ext_open=ext_open, ext_close=ext_close, utc_offset=utc_offset)
+    for array in vars(table).values():
+        array.setflags(write=False)  # shared by every caller
+    return table
 
 
 # ------------------------------------------------------------------ trading hours
@@ -309,6 +327,12 @@ def _ranges(zone: ZoneInfo, spans: list[tuple[float, float]]) -> list[str]:
     def stamp(t: float) -> str:
         return datetime.fromtimestamp(t, zone).strftime("%Y%m%d:%H%M")
     return [f"{stamp(start)}-{stamp(end)}" for start, end in spans]
+
+
+def load_calendars():
+    """Load every exchange calendar the catalogue uses (each is cached once loaded)."""
+    for name in sorted({listing.calendar for listing in CATALOGUE}):
+        session_table(name)
 
 
 def trading_hours(listing: Listing, now: datetime, days: int = 7) -> tuple[str, str]:

@@ -18,13 +18,17 @@ bridge pinned to the level above, so that any day can be drawn on its own:
   at the minute's end.
 
 Each level draws from numpy's counter-based Philox generator, keyed by a stable
-hash of (seed, symbol) and positioned by (stream, day): random access, no
-sequential state. Recently used days are cached.
+hash of (seed, symbol) and positioned by (stream, block): random access, no
+sequential state. The 1-minute level is drawn a calendar month per block, so
+ten years of daily bars take 120 draws rather than 3,650.
 
-Daily bars and a quote's open/high/low take their extremes from the minute
-path (fast enough for ten years of bars); intraday bars and ``low_high`` use the
-exact 1-second path. A daily high can therefore sit a tick or two below the
-highest 1-minute bar of that day, never above it.
+The 1-second level does not draw 60 numbers for every minute: that would be
+86,400 a day, too slow for years of daily bars. Instead each (seed, symbol) has
+a bank of 4096 unit bridge shapes, and the minute level picks one per minute,
+scaled to the listing's volatility. Every high and low is then exact and cheap:
+daily bars, intraday bars, quotes and ``low_high`` all read the same 1-second
+path, so a daily high is the highest 1-minute high, and a quote's high only
+rises.
 
 Volume follows a U-shaped intraday profile around a per-listing daily level,
 busier in minutes where the price moves more. The quote's cumulative volume and
@@ -35,7 +39,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, fields
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -50,8 +54,10 @@ _EPOCH_DAY = (_EPOCH - date(1970, 1, 1)).days  # the same day in days since 1970
 _ANCHOR = (date(2026, 1, 1) - _EPOCH).days  # where the walk equals log(base_price)
 _DAYS = (date(2050, 1, 1) - _EPOCH).days  # the walk covers 2000-2049
 
-# Philox streams: one per level of the walk, plus the daily volume level.
+# Philox streams: daily steps, daily volume levels, the minute level (by month)
+# and the bank of 1-second shapes.
 _LEVELS, _VOLUMES, _MINUTES, _SECONDS = range(4)
+_SHAPE_COUNT = 4096  # 1-second bridge shapes per (seed, symbol)
 
 SPREAD_BP = 2.0  # quoted spread in basis points of the price, at least one tick
 EXTENDED_ACTIVITY = 0.02  # an extended-hours minute trades 2% of an average RTH minute
@@ -91,20 +97,25 @@ class Bar:
 
 # ------------------------------------------------------------------ the price path
 
+
 @lru_cache(maxsize=None)
 def _key(seed: int, symbol: str) -> int:
     """A stable 128-bit Philox key (Python's hash() changes between runs)."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{symbol}".encode(), digest_size=16).digest(), "little")
 
 
-def _normals(seed: int, listing: Listing, stream: int, index: int, shape) -> np.ndarray:
-    """Standard normals of one (stream, index) block: the same numbers on every call."""
-    bits = np.random.Philox(key=_key(seed, listing.symbol), counter=[0, 0, index, stream])
-    return np.random.Generator(bits).standard_normal(shape)
+def _random(seed: int, listing: Listing, stream: int, block: int) -> np.random.Generator:
+    """The generator of one (stream, block): it draws the same numbers on every call."""
+    bits = np.random.Philox(key=_key(seed, listing.symbol), counter=[0, 0, block, stream])
+    return np.random.Generator(bits)
 
 
 def _daily_sigma(listing: Listing) -> float:
     return listing.annual_vol / math.sqrt(365)
+
+
+def _second_sigma(listing: Listing) -> float:
+    return _daily_sigma(listing) / math.sqrt(DAY)
 
 
 def _day_index(epoch_day: int) -> int:
@@ -114,49 +125,72 @@ def _day_index(epoch_day: int) -> int:
     return day
 
 
-def _bridge(walk: np.ndarray, fractions: np.ndarray, gap) -> np.ndarray:
-    """Tilt random walks (last axis, starting at 0) so that each ends at ``gap``."""
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """Cached arrays are shared by every caller: make an accidental write fail loudly."""
+    array.setflags(write=False)
+    return array
+
+
+def _bridge(steps: np.ndarray, fractions: np.ndarray, gap) -> np.ndarray:
+    """Random walks from 0 along the last axis, tilted so that each ends at ``gap``."""
+    walk = np.zeros(steps.shape[:-1] + (steps.shape[-1] + 1,))
+    np.cumsum(steps, axis=-1, out=walk[..., 1:])
     return walk + fractions * (gap - walk[..., -1:])
 
 
 @lru_cache(maxsize=64)
 def _daily(seed: int, listing: Listing) -> tuple[np.ndarray, np.ndarray]:
     """Log price at each UTC midnight of 2000-2049 (and 2050-01-01), and each day's volume factor."""
-    steps = _normals(seed, listing, _LEVELS, 0, _DAYS) * _daily_sigma(listing)
+    steps = _random(seed, listing, _LEVELS, 0).standard_normal(_DAYS) * _daily_sigma(listing)
     levels = np.concatenate([[0.0], np.cumsum(steps)])
     levels += math.log(listing.base_price) - levels[_ANCHOR]
     # Lognormal around 1 (its mean is exp(-0.045 + 0.3**2 / 2) = 1).
-    volume_factor = np.exp(0.3 * _normals(seed, listing, _VOLUMES, 0, _DAYS) - 0.045)
-    return levels, volume_factor
+    volume_factor = np.exp(0.3 * _random(seed, listing, _VOLUMES, 0).standard_normal(_DAYS) - 0.045)
+    return _read_only(levels), _read_only(volume_factor)
 
 
-@lru_cache(maxsize=1024)
-def _minute_path(seed: int, listing: Listing, day: int) -> np.ndarray:
-    """Log price at each of the 1441 minute boundaries of UTC day ``day`` (days since 2000)."""
+def _month_index(when: date) -> int:
+    """Months since 2000-01."""
+    return (when.year - _EPOCH.year) * 12 + when.month - 1
+
+
+@lru_cache(maxsize=64)
+def _month(seed: int, listing: Listing, month: int) -> tuple[np.ndarray, np.ndarray]:
+    """One month (months since 2000-01) of the minute level, a row per UTC day:
+    the log price at the day's 1441 minute boundaries, and the shape of each of
+    its 1440 minutes (an index into ``_shapes``)."""
+    first = date(_EPOCH.year + month // 12, month % 12 + 1, 1)
+    after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    day, days = (first - _EPOCH).days, (after - first).days
     levels, _ = _daily(seed, listing)
-    sigma = _daily_sigma(listing) / math.sqrt(1440)
-    walk = np.concatenate([[0.0], np.cumsum(_normals(seed, listing, _MINUTES, day, 1440) * sigma)])
-    return levels[day] + _bridge(walk, _MINUTE_FRACTIONS, levels[day + 1] - levels[day])
+    random = _random(seed, listing, _MINUTES, month)
+    steps = random.standard_normal((days, 1440)) * _daily_sigma(listing) / math.sqrt(1440)
+    start = levels[day:day + days, None]
+    points = start + _bridge(steps, _MINUTE_FRACTIONS, levels[day + 1:day + days + 1, None] - start)
+    return _read_only(points), _read_only(random.integers(0, _SHAPE_COUNT, (days, 1440), dtype=np.int16))
 
 
-@lru_cache(maxsize=8)
-def _excursions(seed: int, listing: Listing, day: int) -> np.ndarray:
-    """(1440, 61): each minute's 1-second bridge, zero at both ends.
-
-    One block per day rather than per minute, so a day's 86,400 seconds come
-    from a single vectorised draw.
-    """
-    sigma = _daily_sigma(listing) / math.sqrt(DAY)
-    steps = _normals(seed, listing, _SECONDS, day, (1440, 60)) * sigma
-    walk = np.concatenate([np.zeros((1440, 1)), np.cumsum(steps, axis=1)], axis=1)
-    return _bridge(walk, _SECOND_FRACTIONS, 0.0)
+def _day(seed: int, listing: Listing, day: int) -> tuple[np.ndarray, np.ndarray]:
+    """Minute points (1441) and minute shapes (1440) of UTC day ``day`` (days since 2000)."""
+    when = _EPOCH + timedelta(days=day)
+    points, shapes = _month(seed, listing, _month_index(when))
+    return points[when.day - 1], shapes[when.day - 1]
 
 
-@lru_cache(maxsize=256)
-def _minute_extremes(seed: int, listing: Listing, day: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact low and high of the 1-second path within each minute of a UTC day (log)."""
-    path = _minute_path(seed, listing, day)
-    seconds = path[:-1, None] + _SECOND_FRACTIONS * np.diff(path)[:, None] + _excursions(seed, listing, day)
+@lru_cache(maxsize=64)
+def _shapes(seed: int, listing: Listing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bank of 1-second bridge shapes (steps of unit size, zero at both ends),
+    with each shape's lowest and highest point."""
+    steps = _random(seed, listing, _SECONDS, 0).standard_normal((_SHAPE_COUNT, 60))
+    shapes = _bridge(steps, _SECOND_FRACTIONS, 0.0)
+    return _read_only(shapes), _read_only(shapes.min(axis=1)), _read_only(shapes.max(axis=1))
+
+
+def _minute_extremes(seed: int, listing: Listing, start, end, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Exact low and high of the 1-second path in minutes with these end points and shapes (log)."""
+    shapes, _, _ = _shapes(seed, listing)
+    seconds = (start[:, None] + _SECOND_FRACTIONS * (end - start)[:, None]
+               + _second_sigma(listing) * shapes[shape])
     return seconds.min(axis=1), seconds.max(axis=1)
 
 
@@ -170,12 +204,13 @@ def _by_day(units: np.ndarray, per_day: int):
 
 def _at_seconds(seed: int, listing: Listing, seconds: np.ndarray) -> np.ndarray:
     """Log price at whole epoch seconds."""
+    shapes, _, _ = _shapes(seed, listing)
     out = np.empty(len(seconds))
     for day, mask, offset in _by_day(seconds, DAY):
-        path = _minute_path(seed, listing, day)
+        points, shape = _day(seed, listing, day)
         minute, second = offset // 60, offset % 60
-        out[mask] = (path[minute] + second / 60 * (path[minute + 1] - path[minute])
-                     + _excursions(seed, listing, day)[minute, second])
+        out[mask] = (points[minute] + second / 60 * (points[minute + 1] - points[minute])
+                     + _second_sigma(listing) * shapes[shape[minute], second])
     return out
 
 
@@ -183,10 +218,9 @@ def _minutes(seed: int, listing: Listing, minutes: np.ndarray):
     """Log (start, end, low, high) of each epoch minute."""
     start, end, low, high = (np.empty(len(minutes)) for _ in range(4))
     for day, mask, offset in _by_day(minutes, 1440):
-        path = _minute_path(seed, listing, day)
-        lows, highs = _minute_extremes(seed, listing, day)
-        start[mask], end[mask] = path[offset], path[offset + 1]
-        low[mask], high[mask] = lows[offset], highs[offset]
+        points, shape = _day(seed, listing, day)
+        start[mask], end[mask] = points[offset], points[offset + 1]
+        low[mask], high[mask] = _minute_extremes(seed, listing, start[mask], end[mask], shape[offset])
     return start, end, low, high
 
 
@@ -199,7 +233,7 @@ def _log_mid(seed: int, listing: Listing, t: float) -> float:
 def _log_low_high(seed: int, listing: Listing, t0: float, t1: float) -> tuple[float, float]:
     """Exact extremes of the path over [t0, t1]: it is linear between whole seconds,
     so they lie at t0, t1 or a whole second in between; whole minutes inside the
-    span use their precomputed extremes."""
+    span are taken at once."""
     values = [np.array([_log_mid(seed, listing, t0), _log_mid(seed, listing, t1)])]
     s0, s1 = math.ceil(t0), math.floor(t1)
     if s0 <= s1:
@@ -285,72 +319,98 @@ def _minute_volumes(seed: int, listing: Listing, table: SessionTable, sessions, 
     return np.round(per_minute * profile * activity)
 
 
+def _exact_extremes(seed: int, listing: Listing, points: np.ndarray, shape: np.ndarray,
+                    counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the exact low and high (log) of the 1-second path over the counted minutes.
+
+    Minute points lie on the path, so the best of them is a first answer; a
+    minute can only beat it if its shape reaches that far, and only those few
+    minutes are checked second by second.
+    """
+    _, shape_low, shape_high = _shapes(seed, listing)
+    sigma = _second_sigma(listing)
+    start, end = points[:, :-1], points[:, 1:]
+    top, bottom = np.maximum(start, end), np.minimum(start, end)
+    high = np.where(counted, top, -np.inf).max(axis=1)
+    low = np.where(counted, bottom, np.inf).min(axis=1)
+    reach = counted & ((top + sigma * shape_high[shape] > high[:, None])
+                       | (bottom + sigma * shape_low[shape] < low[:, None]))
+    rows, cols = np.nonzero(reach)
+    lows, highs = _minute_extremes(seed, listing, start[rows, cols], end[rows, cols], shape[rows, cols])
+    np.maximum.at(high, rows, highs)
+    np.minimum.at(low, rows, lows)
+    return low, high
+
+
 def _session_stats(seed: int, listing: Listing, table: SessionTable, sessions: np.ndarray,
                    upto: float = math.inf) -> _Stats:
     """Open, high, low, close, volume and VWAP of each session's regular hours up to ``upto``.
 
-    Vectorised over sessions: one row of minute points per session. Regular
-    hours never cross midnight UTC for the calendars here, so a row is a slice
-    of one UTC day's minute path.
+    Vectorised over sessions: a row of minutes per session. Regular hours never
+    cross midnight UTC for the calendars here, so a row is a slice of one UTC
+    day of the minute level.
     """
     opens, closes = table.open[sessions], table.close[sessions]
     break_start, break_end = table.break_start[sessions, None], table.break_end[sessions, None]
     epoch_days = (opens // DAY).astype(np.int64)
-    first_col = (opens - epoch_days * DAY) // 60
+    first_col = ((opens - epoch_days * DAY) // 60).astype(np.int64)
     col0, col1 = int(first_col.min()), int(((closes - epoch_days * DAY) // 60).max())
-    paths = np.stack([_minute_path(seed, listing, _day_index(int(d)))[col0:col1 + 1] for d in epoch_days])
-    minutes = epoch_days[:, None] * 1440 + np.arange(col0, col1 + 1)
-    t = minutes * 60.0
-
-    # Minute points that count: within regular hours (a lunch break's own edges
-    # included, its inside not) and not after ``upto``.
-    counted = ((t >= opens[:, None]) & (t <= closes[:, None]) & (t <= upto)
-               & ~((t > break_start) & (t < break_end)))
-    prices = np.exp(paths)
-    rows = np.arange(len(sessions))
-    last_col = counted.shape[1] - 1 - np.argmax(counted[:, ::-1], axis=1)
-    open_ = prices[rows, (first_col - col0).astype(np.int64)]
-    high = np.where(counted, prices, -np.inf).max(axis=1)
-    low = np.where(counted, prices, np.inf).min(axis=1)
-    close = prices[rows, last_col]
-
-    # Regular-hours minutes, the one under way at ``upto`` counted pro rata.
-    starts = t[:, :-1]
+    days = [_day(seed, listing, _day_index(int(d))) for d in epoch_days]
+    points = np.stack([day_points[col0:col1 + 1] for day_points, _ in days])
+    shape = np.stack([day_shapes[col0:col1] for _, day_shapes in days])
+    minutes = epoch_days[:, None] * 1440 + np.arange(col0, col1)
+    starts = minutes * 60.0
     trading = ((starts >= opens[:, None]) & (starts < closes[:, None])
                & ~((starts >= break_start) & (starts < break_end)))
+    whole = trading & (starts + 60 <= upto)
+
+    # Prices over the whole minutes done by ``upto``; the close is where the last one ended.
+    rows = np.arange(len(sessions))
+    open_ = points[rows, first_col - col0]
+    low, high = _exact_extremes(seed, listing, points, shape, whole)
+    close = points[rows, whole.shape[1] - np.argmax(whole[:, ::-1], axis=1)]
+
+    # Volume, the minute under way at ``upto`` counted pro rata.
     done = np.clip((upto - starts) / 60, 0.0, 1.0)
-    volumes = _minute_volumes(seed, listing, table, sessions[:, None], minutes[:, :-1], np.abs(np.diff(paths, axis=1)))
+    volumes = _minute_volumes(seed, listing, table, sessions[:, None], minutes, np.abs(np.diff(points, axis=1)))
     volumes = np.where(trading, np.floor(volumes * done), 0.0)
     volume = volumes.sum(axis=1)
+    prices = np.exp(points)
     typical = (prices[:, :-1] + prices[:, 1:]) / 2
-    wap = np.divide((volumes * typical).sum(axis=1), volume, out=close.copy(), where=volume > 0)
+    wap = np.divide((volumes * typical).sum(axis=1), volume, out=np.exp(close), where=volume > 0)
 
-    # A session still trading at ``upto`` ends at the live price.
+    # A session still trading at ``upto`` adds the minute under way and ends at the live price.
     live = (opens <= upto) & (upto < closes) & ~((upto >= break_start[:, 0]) & (upto < break_end[:, 0]))
     if live.any():
-        now = math.exp(_log_mid(seed, listing, upto))
-        high = np.where(live, np.maximum(high, now), high)
-        low = np.where(live, np.minimum(low, now), low)
-        close = np.where(live, now, close)
-    return _Stats(open_, high, low, close, volume.astype(np.int64), wap)
+        part_low, part_high = _log_low_high(seed, listing, math.floor(upto / 60) * 60, upto)
+        low = np.where(live, np.minimum(low, part_low), low)
+        high = np.where(live, np.maximum(high, part_high), high)
+        close = np.where(live, _log_mid(seed, listing, upto), close)
+    return _Stats(np.exp(open_), np.exp(high), np.exp(low), np.exp(close), volume.astype(np.int64), wap)
 
 
-@lru_cache(maxsize=256)
-def _year_stats(seed: int, listing: Listing, year: int) -> _Stats:
-    """Complete-session figures for one calendar year, cached: daily bars reuse them."""
+def _month_sessions(table: SessionTable, month: int) -> tuple[int, int]:
+    """Table indices [lo, hi) of the sessions dated in a month (months since 2000-01)."""
+    first = np.datetime64(_EPOCH, "M") + month
+    lo, hi = np.searchsorted(table.day, [first.astype("datetime64[D]"), (first + 1).astype("datetime64[D]")])
+    return int(lo), int(hi)
+
+
+@lru_cache(maxsize=1024)
+def _month_stats(seed: int, listing: Listing, month: int) -> _Stats:
+    """Complete-session figures for one month's sessions, cached: daily bars reuse them."""
     table = session_table(listing.calendar)
-    lo, hi = np.searchsorted(table.day, [np.datetime64(f"{year}-01-01"), np.datetime64(f"{year + 1}-01-01")])
-    return _session_stats(seed, listing, table, np.arange(lo, hi))
+    return _session_stats(seed, listing, table, np.arange(*_month_sessions(table, month)))
 
 
 def _daily_stats(seed: int, listing: Listing, first: int, last: int, upto: float) -> _Stats:
     """Figures of sessions ``first``..``last`` (table indices); the last one only up to ``upto``."""
     table = session_table(listing.calendar)
     parts = []
-    for year in range(table.day[first].item().year, table.day[last].item().year + 1):
-        lo = int(np.searchsorted(table.day, np.datetime64(f"{year}-01-01")))
-        block = _year_stats(seed, listing, year)
-        parts.append(_take(block, slice(max(first, lo) - lo, min(last + 1, lo + len(block.open)) - lo)))
+    for month in range(_month_index(table.day[first].item()), _month_index(table.day[last].item()) + 1):
+        lo, hi = _month_sessions(table, month)
+        block = _month_stats(seed, listing, month)
+        parts.append(_take(block, slice(max(first, lo) - lo, min(last + 1, hi) - lo)))
     stats = _join(parts)
     if upto < table.close[last]:
         partial = _session_stats(seed, listing, table, np.array([last]), upto)
@@ -587,10 +647,14 @@ class PriceModel:
             count = -(-volume // max(100, 2 * listing.board_lot))  # trades of a typical size, rounded up
             figures = volume.tolist(), np.round(wap, 4).tolist(), count.tolist()
         else:
-            # bid_ask is monotonic in the mid, so extremes map to extremes.
+            # bid_ask rises with the mid, so the mid's extremes give the quote's.
             quoted = [bid_ask(listing, p) for p in (open_, high, low, close)]
-            pick = {"BID": lambda b, a: b, "ASK": lambda b, a: a, "MIDPOINT": lambda b, a: np.round((b + a) / 2, 6)}
-            prices = [pick[what](b, a) for b, a in quoted]
+            if what == "BID":
+                prices = [bid for bid, _ in quoted]
+            elif what == "ASK":
+                prices = [ask for _, ask in quoted]
+            else:  # MIDPOINT: may fall between ticks, as IB's does
+                prices = [np.round((bid + ask) / 2, 6) for bid, ask in quoted]
             figures = [-1] * len(starts), [-1.0] * len(starts), [-1] * len(starts)
         columns = zip(np.asarray(starts, dtype=float).tolist(), days, *(p.tolist() for p in prices), *figures)
         return [Bar(*row) for row in columns]

@@ -20,31 +20,42 @@ SMALL_BAR_SECONDS = 30
 
 
 class MessageRate:
-    """Counts one client's messages in a sliding one-second window."""
+    """A token bucket per client: 50 messages of burst, refilled at 50 per second.
+
+    A bucket rather than a strict sliding window, because a client that paces
+    itself correctly (ib_insync sends at most 45 per second, in bursts) must
+    never be flagged because its bursts arrived a few milliseconds closer
+    together than they were sent.
+    """
 
     def __init__(self, limit: int = MAX_MESSAGES_PER_SECOND):
         self.limit = limit
-        self.times: deque[float] = deque()
+        self.tokens = float(limit)
+        self.last = None
         self.violations = 0
+        self.excess = 0  # messages over the limit in the current burst
         self._reported_until = 0.0
 
     def arrived(self, now: float) -> int | None:
-        """Record a message; return the count in the window when it breaks the limit
-        (once per second of violation), else None."""
-        times = self.times
-        times.append(now)
-        while now - times[0] > 1.0:
-            times.popleft()
-        if len(times) <= self.limit or now < self._reported_until:
+        """Record a message; on a violation return how many messages came over the
+        limit (at most once per second of violation), else None."""
+        if self.last is not None:
+            self.tokens = min(self.limit, self.tokens + (now - self.last) * self.limit)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.excess = 0
+            return None
+        self.excess += 1
+        if now < self._reported_until:
             return None
         self.violations += 1
         self._reported_until = now + 1.0
-        return len(times)
+        return self.limit + self.excess
 
     @property
     def must_disconnect(self) -> bool:
         return self.violations >= VIOLATIONS_BEFORE_DISCONNECT
-
 
 class HistoricalPacing:
     """Remembers recent historical data requests of the whole gateway."""

@@ -78,6 +78,8 @@ class Session(asyncio.Protocol):
         self.quotes: dict[int, Subscription] = {}
         self.wants_positions = False
         self.account_updates: str | None = None
+        self.account_sent: dict[object, dict] = {}  # channel -> {(key, currency): value last sent}
+        self.accounts_changed: set[str] = set()  # accounts whose values to resend on the next market pass
         self.account_multi: dict[int, str] = {}
         self.handlers = {
             1: self.req_mkt_data, 2: self.cancel_mkt_data, 3: self.place_order, 4: self.cancel_order,
@@ -183,6 +185,9 @@ class Session(asyncio.Protocol):
         except (IndexError, ValueError) as e:
             log.warning("client %s sent a malformed message %d: %s (%r)", self.client_id, msg_id, e, fields[:6])
             self.error(-1, 320, f"Error reading request: malformed message {msg_id}: {e}")
+        except Exception:  # a bug of ours must not cost the client its connection
+            log.exception("simulated gateway failed on message %d from client %s", msg_id, self.client_id)
+            self.error(-1, 320, f"Error processing request: the simulated gateway failed on message {msg_id}")
 
     # ------------------------------------------------------------ connection
     def start_api(self, fields):
@@ -269,7 +274,7 @@ class Session(asyncio.Protocol):
         if delayed:
             self.error(req_id, 10167, f"Requested market data is not subscribed. Displaying delayed market data.")
         subscription = Subscription(listing, delayed, {})
-        self.send_quote(req_id, subscription)
+        self.send_quote(req_id, subscription, self.gateway.clock.now())
         if snapshot:
             self.send([msg.TICK_SNAPSHOT_END, 1, req_id])
         else:
@@ -278,10 +283,9 @@ class Session(asyncio.Protocol):
     def cancel_mkt_data(self, fields):
         self.quotes.pop(int(fields[2]), None)
 
-    def send_quote(self, req_id: int, sub: Subscription):
+    def send_quote(self, req_id: int, sub: Subscription, now: float):
         """Send the quote's ticks that changed since the last ones sent on this request."""
-        now = self.gateway.clock.now()
-        quote = self.gateway.quote(sub.listing, now - DELAY_SECONDS if sub.delayed else now)
+        quote = self.gateway.broker.quote(sub.listing, now - DELAY_SECONDS if sub.delayed else now)
         ticks = DELAYED_TICKS if sub.delayed else LIVE_TICKS
         for name, tick_type in ticks.items():
             value = getattr(quote, name)
@@ -421,12 +425,23 @@ class Session(asyncio.Protocol):
             self.error(-1, 321, f"Error validating request.-'acctCode' : cause - unknown account {account}")
             return
         self.account_updates = account
+        self.account_sent.pop("updates", None)
         self.send_account(account, portfolio=True)
         self.send([msg.ACCOUNT_DOWNLOAD_END, 1, account])
 
+    def changed_values(self, channel, account: str):
+        """Account values not yet sent on this channel (reqAccountUpdates, or a multi reqId)
+        with their current value: all of them the first time, then what changed, as TWS does."""
+        sent = self.account_sent.setdefault(channel, {})
+        for key, value, currency in self.gateway.broker.account_values(account):
+            if sent.get((key, currency)) != value:
+                sent[(key, currency)] = value
+                yield key, value, currency
+
     def send_account(self, account: str, portfolio: bool):
+        """Changed account values and, with ``portfolio``, every portfolio row revalued."""
         gateway = self.gateway
-        for key, value, currency in gateway.broker.account_values(account):
+        for key, value, currency in self.changed_values("updates", account):
             self.send(msg.account_value(key, value, currency, account))
         if portfolio:
             for p in gateway.broker.held_positions(account):
@@ -440,11 +455,12 @@ class Session(asyncio.Protocol):
             self.error(req_id, 321, f"Error validating request.-'account' : cause - unknown account {account}")
             return
         self.account_multi[req_id] = account
+        self.account_sent.pop(req_id, None)
         self.send_account_multi(req_id, account)
         self.send([msg.ACCOUNT_UPDATE_MULTI_END, 1, req_id])
 
     def send_account_multi(self, req_id: int, account: str):
-        for key, value, currency in self.gateway.broker.account_values(account):
+        for key, value, currency in self.changed_values(req_id, account):
             self.send([msg.ACCOUNT_UPDATE_MULTI, 1, req_id, account, "", key, value, currency])
 
     def cancel_account_updates_multi(self, fields):
@@ -471,17 +487,20 @@ class Session(asyncio.Protocol):
             self.send(msg.position(p))
         if self.account_updates == account:
             self.send(msg.portfolio_value(p, broker.mark_price(catalogue.by_con_id(con_id))))
-            self.send_account(account, portfolio=False)
-        for req_id, multi_account in self.account_multi.items():
-            if multi_account == account:
-                self.send_account_multi(req_id, account)
+        # Account values follow on the next market pass: a burst of fills costs one update.
+        self.accounts_changed.add(account)
 
-    def refresh(self, portfolio_due: bool):
-        """Called by the market loop: stream quotes; now and then revalue the portfolio."""
+    def refresh(self, now: float, portfolio_due: bool):
+        """Called by the market loop: stream quotes, send changed account values, and
+        now and then revalue the portfolio."""
         for req_id, sub in self.quotes.items():
-            self.send_quote(req_id, sub)
-        if portfolio_due and self.account_updates:
-            self.send_account(self.account_updates, portfolio=True)
+            self.send_quote(req_id, sub, now)
+        if self.account_updates and (portfolio_due or self.account_updates in self.accounts_changed):
+            self.send_account(self.account_updates, portfolio=portfolio_due)
+        for req_id, account in self.account_multi.items():
+            if portfolio_due or account in self.accounts_changed:
+                self.send_account_multi(req_id, account)
+        self.accounts_changed.clear()
 
 
 def unsupported_order_features(fields: list[str]) -> str:
@@ -559,12 +578,14 @@ class SimGateway:
         self._thread = None
         self._tasks: set[asyncio.Task] = set()
         self._last_portfolio = 0.0
-        self._quotes: dict[int, object] = {}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self):
         loop = asyncio.get_running_loop()
         self._loop = loop
+        # Exchange calendars take most of a second to load (once per process): do it
+        # before listening rather than inside some client's first quote or order.
+        await loop.run_in_executor(None, catalogue.load_calendars)
         self._server = await loop.create_server(lambda: Session(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self.spawn(self.market_loop())
@@ -572,7 +593,8 @@ class SimGateway:
         return self
 
     async def serve_forever(self):
-        await self.start()
+        if self._server is None:
+            await self.start()
         try:
             await self._server.serve_forever()
         finally:
@@ -649,9 +671,6 @@ class SimGateway:
         return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
     # ------------------------------------------------------------ market
-    def quote(self, listing: Listing, t: float):
-        return self.model.quote(listing, t)
-
     async def market_loop(self):
         while True:
             await asyncio.sleep(self.tick_interval)
@@ -667,8 +686,9 @@ class SimGateway:
         portfolio_due = wall - self._last_portfolio >= PORTFOLIO_REFRESH_SECONDS
         if portfolio_due:
             self._last_portfolio = wall
+        now = self.clock.now()
         for session in list(self.sessions.values()):
-            session.refresh(portfolio_due)
+            session.refresh(now, portfolio_due)
         self.save()
 
     # ------------------------------------------------------------ orders

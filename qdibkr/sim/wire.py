@@ -52,9 +52,14 @@ def field(value) -> str:
 
 def encode(fields) -> bytes:
     """One frame: the length prefix, then every field NUL-terminated."""
-    payload = "".join(field(f) + "\0" for f in fields).encode()
-    if not payload:
+    # Strings and ints are most fields: format them inline, the rest through field().
+    parts = [f if type(f) is str else str(f) if type(f) is int else field(f) for f in fields]
+    if not parts:
         raise ValueError("TWS never sends an empty frame")
+    text = "\0".join(parts) + "\0"
+    if text.count("\0") != len(parts):
+        raise ValueError(f"a NUL byte cannot travel inside a field: {parts!r}")
+    payload = text.encode()
     return struct.pack(">I", len(payload)) + payload
 
 

@@ -1,0 +1,170 @@
+"""Benchmark the simulated gateway through the real ib_insync client.
+
+Figures, each beside a baseline measured in the same run (these machines are
+shared and noisy, so ratios travel better than absolute times):
+
+- connect: ``IB.connect()`` to Synchronization complete, vs. the bare API
+  handshake (TCP connect, version exchange, startApi answered);
+- order round trip: ``placeOrder`` of a 1-share market order to its Filled
+  status, vs. a ``reqCurrentTime`` round trip on the same connection;
+- throughput: messages per second (both directions) that the simulator
+  sustains with many ib_insync clients requesting quote snapshots, and the
+  same per CPU-second of the simulator process (it runs on one core).
+
+The simulator runs in its own process, started as a user would (``qdibkr sim``).
+
+    python bench/sim_bench.py [--clients 24] [--seconds 5] [--orders 300]
+
+Prints the figures and writes them to bench/results/sim_bench.json.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ib_insync import IB, MarketOrder, Stock
+
+from qdibkr.sim.wire import FrameReader
+
+RESULTS = Path(__file__).parent / "results" / "sim_bench.json"
+US_SYMBOLS = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "SPY", "QQQ"]
+
+
+def start_simulator() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "qdibkr", "sim", "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # "simulated gateway listening on 127.0.0.1:PORT, ..."
+    port = int(line.split("127.0.0.1:")[1].split(",")[0])
+    return proc, port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def bare_handshake(port: int, client_id: int) -> float:
+    """TCP connect, version exchange, startApi, until nextValidId arrives: the floor under connect()."""
+    started = time.perf_counter()
+    reader = FrameReader()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"API\0" + frame(b"v157..176"))
+        while not reader.feed(sock.recv(4096)):
+            pass  # until the version answer
+        sock.sendall(frame(f"71\x002\x00{client_id}\x00\x00".encode()))
+        while not any(fields[0] == "9" for fields in reader.feed(sock.recv(4096))):
+            pass  # until nextValidId
+    return time.perf_counter() - started
+
+
+async def measure_connect(port: int, rounds: int) -> dict:
+    connect, bare = [], []
+    for i in range(rounds):
+        bare.append(bare_handshake(port, 500 + i))
+        ib = IB()
+        started = time.perf_counter()
+        await ib.connectAsync("127.0.0.1", port, clientId=600 + i, timeout=5)
+        connect.append(time.perf_counter() - started)
+        ib.disconnect()
+    return {"connect_ms_p50": 1e3 * statistics.median(connect),
+            "connect_ms_p99": 1e3 * percentile(connect, 99),
+            "bare_handshake_ms_p50": 1e3 * statistics.median(bare),
+            "connect_vs_handshake": statistics.median(connect) / statistics.median(bare)}
+
+
+async def measure_orders(port: int, orders: int) -> dict:
+    ib = IB()
+    await ib.connectAsync("127.0.0.1", port, clientId=1, timeout=5)
+    contract = Stock("AAPL", "SMART", "USD")
+    await ib.qualifyContractsAsync(contract)
+    round_trips, current_time = [], []
+    # Two messages a round, 20 rounds a second: under ib_insync's own 45/s throttle
+    # (and IB's 50/s limit), or the figures would measure the throttle's waits.
+    next_round = time.perf_counter()
+    for i in range(orders):
+        await asyncio.sleep(max(0.0, next_round - time.perf_counter()))
+        next_round = time.perf_counter() + 0.05
+        started = time.perf_counter()
+        await ib.reqCurrentTimeAsync()
+        current_time.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        trade = ib.placeOrder(contract, MarketOrder("BUY" if i % 2 == 0 else "SELL", 1))
+        await trade.filledEvent
+        round_trips.append(time.perf_counter() - started)
+    ib.disconnect()
+    return {"order_round_trip_ms_p50": 1e3 * statistics.median(round_trips),
+            "order_round_trip_ms_p99": 1e3 * percentile(round_trips, 99),
+            "current_time_ms_p50": 1e3 * statistics.median(current_time),
+            "order_vs_current_time": statistics.median(round_trips) / statistics.median(current_time)}
+
+
+async def measure_throughput(port: int, pid: int, clients: int, seconds: float) -> dict:
+    ibs = []
+    for i in range(clients):
+        ib = IB()
+        await ib.connectAsync("127.0.0.1", port, clientId=100 + i, timeout=10)
+        ibs.append(ib)
+    contracts = [Stock(s, "SMART", "USD") for s in US_SYMBOLS]
+    await ibs[0].qualifyContractsAsync(*contracts)
+
+    def counted() -> int:
+        return sum(ib.client._numMsgRecv + ib.client.conn.numMsgSent for ib in ibs)
+
+    async def hammer(ib: IB, until: float):
+        while time.perf_counter() < until:
+            await ib.reqTickersAsync(*contracts)
+
+    before, cpu_before, started = counted(), cpu_seconds(pid), time.perf_counter()
+    await asyncio.gather(*(hammer(ib, started + seconds) for ib in ibs))
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu_before
+    messages = counted() - before
+    for ib in ibs:
+        ib.disconnect()
+    return {"clients": clients, "messages": messages, "seconds": elapsed,
+            "messages_per_second": messages / elapsed, "simulator_cpu_share": cpu / elapsed,
+            "messages_per_simulator_cpu_second": messages / cpu if cpu else float("inf")}
+
+
+async def main(args) -> dict:
+    proc, port = start_simulator()
+    try:
+        results = {}
+        results.update(await measure_connect(port, args.connects))
+        results.update(await measure_orders(port, args.orders))
+        results.update(await measure_throughput(port, proc.pid, args.clients, args.seconds))
+        return results
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=24)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--orders", type=int, default=200)
+    parser.add_argument("--connects", type=int, default=30)
+    figures = asyncio.run(main(parser.parse_args()))
+    for name, value in figures.items():
+        print(f"{name:36s} {value:12.3f}" if isinstance(value, float) else f"{name:36s} {value:12d}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2))
+    print(f"written to {RESULTS}")
