@@ -15,7 +15,6 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
-import pandas as pd
 from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, util
 
 from .config import PRESET_LIST, Settings, load_settings
@@ -25,6 +24,7 @@ from .symbols import FORMATS, HK_SHARE, Symbol, parse_symbol
 log = logging.getLogger("qdibkr")
 
 ACK_TIMEOUT = 10.0
+MARKET_FILL_WAIT = 2.0
 DONE_STATUSES = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
 ACKED_STATUSES = DONE_STATUSES | {"PreSubmitted", "Submitted"}
 ORDER_ERRORS = {201, 202, 103, 104, 135, 10148, 436, 200, 321, 320}
@@ -116,6 +116,14 @@ async def until(ib: IB, condition, timeout: float) -> bool:
         ib.updateEvent -= on_update
 
 
+def frame(rows: list[dict], columns: list[str]):
+    """A pandas DataFrame of ``rows``. pandas is imported here, on first use, because
+    it costs more start-up time than a whole ``qdibkr quote`` otherwise needs."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _num(x) -> float | None:
     """ib_insync marks a missing price as NaN (or -1 for some sizes); we say None."""
     if x is None or (isinstance(x, float) and (math.isnan(x) or x == -1)):
@@ -178,7 +186,7 @@ class IBKR:
         errors = self._errors.setdefault(-1, [])
         errors.clear()
         try:
-            await self.ib.connectAsync(s.host, s.port, clientId=s.client_id, timeout=s.timeout, account=s.account)
+            await self._connect_or_hang_up()
         except ConnectionRefusedError:
             raise ConnectError(
                 f"could not connect to TWS/IB Gateway at {s.host}:{s.port}: nothing is listening there. "
@@ -202,6 +210,29 @@ class IBKR:
             self.ib.disconnect()
             raise
         return self
+
+    async def _connect_or_hang_up(self):
+        """ib_insync's connect, but ending as soon as TWS hangs up during the handshake
+        (as it does after error 326) instead of waiting out the whole timeout."""
+        s = self.settings
+        connecting = asyncio.ensure_future(
+            self.ib.connectAsync(s.host, s.port, clientId=s.client_id, timeout=s.timeout, account=s.account))
+        hung_up = asyncio.get_running_loop().create_future()
+
+        def on_api_error(message):
+            if not hung_up.done():
+                hung_up.set_result(message)
+
+        self.ib.client.apiError += on_api_error
+        try:
+            await asyncio.wait({connecting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.ib.client.apiError -= on_api_error
+        if not connecting.done():
+            connecting.cancel()
+            self.ib.disconnect()
+            raise ConnectionError(hung_up.result())
+        connecting.result()
 
     def connect(self) -> "IBKR":
         return self._run(self.connect_async())
@@ -277,7 +308,7 @@ class IBKR:
     def account_summary(self) -> AccountSummary:
         return self._run(self.account_async())
 
-    def positions(self) -> pd.DataFrame:
+    def positions(self) -> "pandas.DataFrame":
         """IB's positions of the account, valued at the market: value = price x quantity."""
         self._require_connection()
         rows = [{
@@ -291,8 +322,8 @@ class IBKR:
             "currency": item.contract.currency,
             "account": item.account,
         } for item in self.ib.portfolio(self.account) if item.position]
-        return pd.DataFrame(rows, columns=["symbol", "quantity", "avg_cost", "market_price", "market_value",
-                                           "unrealized_pnl", "realized_pnl", "currency", "account"])
+        return frame(rows, ["symbol", "quantity", "avg_cost", "market_price", "market_value",
+                            "unrealized_pnl", "realized_pnl", "currency", "account"])
 
     @staticmethod
     def _display(contract: Contract) -> str:
@@ -300,14 +331,14 @@ class IBKR:
         return parse_symbol(contract.symbol, market).display
 
     # ------------------------------------------------------------ orders
-    async def orders_async(self) -> pd.DataFrame:
+    async def orders_async(self) -> "pandas.DataFrame":
         """Open orders of every client connected to this TWS, as TWS reports them."""
         self._require_connection()
         await self.ib.reqAllOpenOrdersAsync()
         rows = [self._order_row(t) for t in self.ib.openTrades()]
-        return pd.DataFrame(rows, columns=list(OrderResult.__dataclass_fields__) + ["client_id", "account"])
+        return frame(rows, list(OrderResult.__dataclass_fields__) + ["client_id", "account"])
 
-    def orders(self) -> pd.DataFrame:
+    def orders(self) -> "pandas.DataFrame":
         return self._run(self.orders_async())
 
     def _order_row(self, trade: Trade) -> dict:
@@ -348,7 +379,12 @@ class IBKR:
                  else MarketOrder(action, quantity))
         order.tif, order.orderRef, order.account = tif, order_ref, self.account
         trade = self.ib.placeOrder(contract, order)
-        return await self._answer(trade, order.orderId)
+        result = await self._answer(trade, order.orderId)
+        if limit is None and result.status not in DONE_STATUSES:
+            # A market order normally fills at once: give the fill a moment to arrive.
+            await until(self.ib, trade.isDone, MARKET_FILL_WAIT)
+            result = self._result(trade)
+        return result
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
         return self._run(self.place_order_async(symbol, side, quantity, **kwargs))
@@ -386,10 +422,13 @@ class IBKR:
     def cancel_order(self, order_id: int) -> OrderResult:
         return self._run(self.cancel_order_async(order_id))
 
-    async def trades_async(self) -> pd.DataFrame:
+    async def trades_async(self) -> "pandas.DataFrame":
         """Today's executions, each with its commission in the currency IB charged it."""
         self._require_connection()
-        fills = await self.ib.reqExecutionsAsync()
+        # Refresh from TWS, then read the session's fills: ib_insync attaches commission
+        # reports to those, not to the copies a repeated reqExecutions returns.
+        await self.ib.reqExecutionsAsync()
+        fills = sorted(self.ib.fills(), key=lambda f: f.time)
         rows = [{
             "time": f.time,
             "symbol": self._display(f.contract),
@@ -398,17 +437,16 @@ class IBKR:
             "price": f.execution.price,
             "commission": f.commissionReport.commission,
             "commission_currency": f.commissionReport.currency,
-            "realized_pnl": _num(f.commissionReport.realizedPNL) if f.commissionReport.realizedPNL < 1e300 else None,
+            "realized_pnl": f.commissionReport.realizedPNL,  # ib_insync reports 0 for opening fills
             "order_id": f.execution.orderId,
             "order_ref": f.execution.orderRef,
             "exec_id": f.execution.execId,
             "account": f.execution.acctNumber,
         } for f in fills]
-        return pd.DataFrame(rows, columns=["time", "symbol", "side", "shares", "price", "commission",
-                                           "commission_currency", "realized_pnl", "order_id", "order_ref",
-                                           "exec_id", "account"])
+        return frame(rows, ["time", "symbol", "side", "shares", "price", "commission", "commission_currency",
+                            "realized_pnl", "order_id", "order_ref", "exec_id", "account"])
 
-    def trades(self) -> pd.DataFrame:
+    def trades(self) -> "pandas.DataFrame":
         return self._run(self.trades_async())
 
     # ------------------------------------------------------------ quotes

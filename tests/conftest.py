@@ -3,8 +3,16 @@
 import pytest
 from ib_insync import IB, util
 
-from qdibkr.ibkr import until
+from qdibkr.ibkr import IBKR, until
 from qdibkr.sim import SimGateway
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch, tmp_path):
+    """No test reads the developer's QDIBKR_* variables or config file."""
+    for name in ("HOST", "PORT", "CLIENT_ID", "ACCOUNT", "PRESET", "LIVE", "DB"):
+        monkeypatch.delenv(f"QDIBKR_{name}", raising=False)
+    monkeypatch.setenv("QDIBKR_CONFIG", str(tmp_path / "no-config.toml"))
 
 
 @pytest.fixture
@@ -33,6 +41,14 @@ def connect(gateway):
 @pytest.fixture
 def ib(connect) -> IB:
     return connect(1)
+
+
+@pytest.fixture
+def ibkr(gateway):
+    """qdibkr's own connection layer, connected to the gateway as client 1."""
+    session = IBKR(host="127.0.0.1", port=gateway.port, client_id=1).connect()
+    yield session
+    session.disconnect()
 
 
 def wait_until(ib: IB, condition, timeout: float = 5.0):

@@ -59,7 +59,7 @@ _DAYS = (date(2050, 1, 1) - _EPOCH).days  # the walk covers 2000-2049
 _LEVELS, _VOLUMES, _MINUTES, _SECONDS = range(4)
 _SHAPE_COUNT = 4096  # 1-second bridge shapes per (seed, symbol)
 
-SPREAD_BP = 2.0  # quoted spread in basis points of the price, at least one tick
+SPREAD_BP = 0.5  # quoted spread in basis points of the price, at least one tick (AAPL: a cent or two)
 EXTENDED_ACTIVITY = 0.02  # an extended-hours minute trades 2% of an average RTH minute
 _U_SHAPE = 2.0  # the open and close trade 3x as much as midday
 _MINUTE_FRACTIONS = np.arange(1441) / 1440  # time through the day at each minute point

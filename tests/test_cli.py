@@ -1,0 +1,100 @@
+"""The qdibkr command line, in-process against the gateway fixture and as fresh processes."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from qdibkr.cli import main
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli(gateway, capsys):
+    """Run ``qdibkr ARGS --port <gateway>``; returns (exit code, stdout, stderr)."""
+    return lambda *argv: run(capsys, *argv, "--port", str(gateway.port))
+
+
+def test_quote_table_and_json(cli):
+    code, out, err = cli("quote", "AAPL", "0700.HK")
+    assert code == 0
+    header, aapl, tencent = out.splitlines()
+    assert header.split()[:5] == ["symbol", "currency", "bid", "ask", "last"]
+    assert aapl.startswith("AAPL") and tencent.startswith("0700.HK")
+    assert "delayed data (no live subscription): 0700.HK" in err
+    code, out, _ = cli("quote", "00700", "--json")
+    [quote] = json.loads(out)
+    assert quote["symbol"] == "0700.HK" and quote["delayed"] is True and quote["bid"] > 0
+
+
+def test_order_positions_trades_account(cli):
+    code, out, _ = cli("order", "buy", "700", "100", "--json")
+    assert code == 0
+    order = json.loads(out)
+    assert order["status"] == "Filled" and order["filled"] == 100 and order["symbol"] == "0700.HK"
+    code, out, _ = cli("positions", "--json")
+    [position] = json.loads(out)
+    assert position["symbol"] == "0700.HK" and position["quantity"] == 100
+    code, out, _ = cli("trades")
+    assert code == 0 and "0700.HK" in out and "HKD" in out
+    code, out, _ = cli("account")
+    assert code == 0 and "net_liquidation" in out and "HKD" in out
+
+
+def test_limit_order_listed_and_cancelled(cli):
+    code, out, _ = cli("quote", "MSFT", "--json")
+    bid = json.loads(out)[0]["bid"]
+    code, out, _ = cli("order", "buy", "MSFT", "2", "--limit", f"{bid * 0.95:.2f}", "--tif", "gtc", "--json")
+    order = json.loads(out)
+    assert order["status"] == "Submitted" and order["tif"] == "GTC"
+    code, out, _ = cli("orders", "--client-id", "5", "--json")
+    assert [o["order_id"] for o in json.loads(out)] == [order["order_id"]]
+    code, out, _ = cli("cancel", str(order["order_id"]), "--json")
+    assert json.loads(out)["status"] == "Cancelled"
+
+
+def test_status(cli):
+    code, out, _ = cli("status")
+    assert code == 0 and "server_version  176" in out and "DU1234567" in out
+
+
+def test_errors_are_plain_and_set_the_exit_code(cli, capsys):
+    code, _, err = cli("order", "buy", "700", "150")
+    assert code == 2 and "quantity: 0700.HK trades in board lots of 100 shares" in err
+    code, _, err = cli("order", "sell", "AAPL", "1")
+    assert code == 1 and "short selling is not allowed" in err
+    code, _, err = cli("quote", "NOPE")
+    assert code == 1 and "no security definition" in err and "0700.HK, 00700 or 700" in err
+    code, _, err = run(capsys, "status", "--preset", "gateway-live")
+    assert code == 1 and "gateway-live port" in err and "--live" in err
+
+
+def test_bad_quantity_is_refused_by_the_parser(cli):
+    with pytest.raises(SystemExit) as e:
+        cli("order", "buy", "AAPL", "1.5")
+    assert e.value.code == 2
+
+
+def test_fresh_processes_as_the_readme_shows(tmp_path):
+    """`qdibkr sim` in one process, `qdibkr quote AAPL 0700.HK` in another."""
+    qdibkr = shutil.which("qdibkr") or pytest.fail("the qdibkr console script is not installed")
+    env = {**os.environ, "QDIBKR_CONFIG": str(tmp_path / "none.toml")}
+    sim = subprocess.Popen([qdibkr, "sim", "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = sim.stdout.readline()
+        assert "simulated gateway listening on 127.0.0.1:" in line
+        port = line.split("127.0.0.1:")[1].split(",")[0]
+        done = subprocess.run([qdibkr, "quote", "AAPL", "0700.HK", "--port", port],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert [line.split()[0] for line in done.stdout.splitlines()] == ["symbol", "AAPL", "0700.HK"]
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
