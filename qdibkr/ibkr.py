@@ -384,6 +384,10 @@ class IBKR:
             # A market order normally fills at once: give the fill a moment to arrive.
             await until(self.ib, trade.isDone, MARKET_FILL_WAIT)
             result = self._result(trade)
+        if trade.fills:
+            # A round trip to TWS: the position and portfolio updates it sent with the
+            # fill are processed when this returns, so positions() read next agree.
+            await self.ib.reqCurrentTimeAsync()
         return result
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
