@@ -601,8 +601,10 @@ class SimGateway:
             await self.close()
 
     async def close(self):
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._server:
             self._server.close()
         for session in list(self.sessions.values()):
