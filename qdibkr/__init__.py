@@ -8,6 +8,8 @@ The public API::
     ibkr.place_order("700", "buy", 100)     # HK quantities in whole board lots
     ibkr.positions(); ibkr.trades(); ibkr.account_summary()
 
+    qdibkr.emit("open_long", "AAPL", 10, strategy="sma")   # into the queue; `qdibkr runner` sends it
+
     gateway = qdibkr.SimGateway(port=0).start_in_thread()   # the offline simulated gateway
 """
 
@@ -15,10 +17,11 @@ from .config import PRESETS, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, LiveTradingRefused, NotConnectedError,
                      OrderRejected, PacingError, QdibkrError, TWSError)
 from .ibkr import IBKR, AccountSummary, OrderResult, Quote, Status
+from .signals import SIGNAL_TYPES, emit
 from .symbols import Symbol, parse_symbol
 
 __all__ = [
-    "connect", "IBKR", "Settings", "load_settings", "PRESETS", "Symbol", "parse_symbol", "SimGateway",
+    "connect", "emit", "SIGNAL_TYPES", "IBKR", "Settings", "load_settings", "PRESETS", "Symbol", "parse_symbol", "SimGateway",
     "Status", "AccountSummary", "OrderResult", "Quote",
     "QdibkrError", "InputError", "ConnectError", "NotConnectedError", "LiveTradingRefused", "TWSError",
     "ContractError", "OrderRejected", "PacingError",

@@ -52,7 +52,32 @@ def cmd_account(args):
 
 def cmd_positions(args):
     with connected(args) as ibkr:
-        show(ibkr.positions(), args.json)
+        account = ibkr.positions()
+    if args.strategy is None:
+        show(account, args.json)
+        return
+    mine = [p for p in queue_store(args).positions(args.strategy)]
+    if args.json:
+        print(json.dumps({"strategy": records(mine), "account": records(account)}, default=str, indent=2))
+    else:
+        print(f"strategy {args.strategy} (from the queue's fills)\n{table(records(mine))}\n")
+        print(f"IB account\n{table(records(account))}")
+
+
+def cmd_reconcile(args):
+    """Strategy positions summed per symbol against IB's account positions."""
+    with connected(args) as ibkr:
+        account = {row["symbol"]: row["quantity"] for row in records(ibkr.positions())}
+    strategies: dict[str, int] = {}
+    for p in queue_store(args).positions():
+        strategies[p.symbol] = strategies.get(p.symbol, 0) + p.quantity
+    rows = [{"symbol": s, "strategies": strategies.get(s, 0), "account": account.get(s, 0),
+             "difference": account.get(s, 0) - strategies.get(s, 0)}
+            for s in sorted(set(account) | set(strategies))]
+    show(rows, args.json)
+    if any(r["difference"] for r in rows) and not args.json:
+        print("differences: the account holds shares no strategy recorded, or the reverse "
+              "(manual trades, or fills the runner has not seen yet)", file=sys.stderr)
 
 
 def cmd_orders(args):
@@ -61,8 +86,113 @@ def cmd_orders(args):
 
 
 def cmd_trades(args):
+    if args.strategy is not None:
+        show(queue_store(args).fills(args.strategy), args.json)
+        return
     with connected(args) as ibkr:
         show(ibkr.trades(), args.json)
+
+
+# ------------------------------------------------------------------ the queue and the runner
+def queue_store(args):
+    from .config import config_file
+    from .store import Store, default_path
+
+    return Store(args.db or default_path(config_file().get("queue", {}).get("db")))
+
+
+def cmd_signal(args):
+    from .signals import board_lot, emit
+    from .symbols import parse_symbol
+
+    store = queue_store(args)
+    symbol = parse_symbol(args.symbol, args.market)
+    if store.board_lot(symbol.display) is None and symbol.market == "HShare":
+        with connected(args) as ibkr:  # learn the board lot once; the queue remembers it
+            board_lot(store, symbol, ibkr)
+    signal = emit(args.signal_type, args.symbol, args.quantity, strategy=args.strategy, limit=args.limit,
+                  tif=args.tif, market_type=args.market, key=args.key, source="cli", store=store)
+    if args.json:
+        show(signal, True)
+    else:
+        size = signal.quantity if signal.quantity is not None else "all"
+        price = f" limit {signal.limit_price:g}" if signal.limit_price is not None else ""
+        print(f"signal {signal.id[:8]}: {signal.signal_type} {size} {signal.symbol}{price} "
+              f"for {signal.strategy}: {signal.status}")
+
+
+QUEUE_COLUMNS = ("seq", "id", "created_at", "strategy", "signal_type", "symbol", "quantity", "order_type",
+                 "limit_price", "status", "filled", "avg_price", "order_id", "reason")
+
+
+def cmd_queue(args):
+    import datetime as dt
+
+    signals = queue_store(args).signals(strategy=args.strategy, limit=args.limit)
+    rows = [{k: v for k, v in r.items() if k in QUEUE_COLUMNS} for r in records(signals)]
+    if not args.json:
+        for row in rows:
+            row["id"] = row["id"][:8]
+            row["created_at"] = dt.datetime.fromtimestamp(row["created_at"]).strftime("%m-%d %H:%M:%S")
+    show(rows, args.json)
+
+
+def cmd_cancel_signal(args):
+    from .signals import wake_runner
+
+    store = queue_store(args)
+    signal = store.signal(args.signal_id)
+    if signal is None:
+        raise InputError("signal_id", f"no single signal has the id {args.signal_id!r}; `qdibkr queue` lists them")
+    signal = store.cancel_signal(signal.id)
+    wake_runner(store)
+    print(f"signal {signal.id[:8]}: " + (f"{signal.status}" if not signal.cancel_requested
+                                          else f"{signal.status}, cancel requested (the runner cancels it at IB)"))
+
+
+def cmd_halt(args):
+    from .runner import CANCEL_OPEN_KEY, HALTED_KEY
+    from .signals import wake_runner
+
+    store = queue_store(args)
+    store.set(HALTED_KEY, args.reason)
+    if args.cancel_open:
+        store.set(CANCEL_OPEN_KEY, "1")
+    wake_runner(store)
+    print(f"halted: the runner sends nothing until `qdibkr resume`" +
+          ("; open orders will be cancelled" if args.cancel_open else ""))
+
+
+def cmd_resume(args):
+    from .runner import HALTED_KEY
+    from .signals import wake_runner
+
+    store = queue_store(args)
+    store.set(HALTED_KEY, None)
+    wake_runner(store)
+    print("resumed")
+
+
+def cmd_runner(args):
+    import asyncio
+
+    from .runner import Runner, runner_settings, summary
+
+    store = queue_store(args)
+    logging.getLogger("qdibkr").setLevel(logging.INFO)
+    settings = runner_settings(**{k: v for k, v in dict(
+        host=args.host, port=args.port, preset=args.preset, client_id=args.client_id, account=args.account,
+        live=args.live or None).items() if v is not None})
+    runner = Runner(store, settings)
+    if sys.stderr.isatty():
+        def show_summary(*_):
+            print(f"\r{summary(store)}\033[K", end="", file=sys.stderr, flush=True)
+        runner.ibkr.ib.updateEvent += show_summary
+    try:
+        asyncio.run(runner.run(once=args.once, wait=args.wait))
+    except KeyboardInterrupt:
+        pass
+    print(summary(store), file=sys.stderr)
 
 
 def cmd_order(args):
@@ -142,16 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--live", action="store_true", help="allow a live port or a non-paper account")
     group.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    queue_db = argparse.ArgumentParser(add_help=False)
+    queue_db.add_argument("--db", help="queue database (default: QDIBKR_DB, the config file, "
+                                       "~/.local/share/qdibkr/queue.sqlite)")
+
     def command(name, func, help_text, connection=True):
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[conn] if connection else [])
+        parents = [conn, queue_db] if connection else [queue_db]
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=parents)
         sub.set_defaults(run=func)
         return sub
 
     command("status", cmd_status, "connection status, server version and time")
     command("account", cmd_account, "account summary: net liquidation, cash by currency, buying power, P&L")
-    command("positions", cmd_positions, "positions with market value and unrealised P&L")
+    positions = command("positions", cmd_positions, "positions with market value and unrealised P&L")
+    positions.add_argument("--strategy", help="also show this strategy's positions from the queue's fills")
+    command("reconcile", cmd_reconcile, "strategy positions (queue) against IB's account positions")
     command("orders", cmd_orders, "open orders of every client")
-    command("trades", cmd_trades, "today's executions with commissions")
+    trades = command("trades", cmd_trades, "today's executions with commissions")
+    trades.add_argument("--strategy", help="this strategy's fills from the queue instead")
     order = command("order", cmd_order, "place a market order, or a limit order with --limit")
     order.add_argument("side", choices=["buy", "sell"])
     order.add_argument("symbol", help="AAPL, BRK.B, 0700.HK, 00700 or 700")
@@ -165,6 +303,28 @@ def build_parser() -> argparse.ArgumentParser:
     quote.add_argument("symbols", nargs="+", metavar="SYMBOL")
     quote.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
 
+    signal = command("signal", cmd_signal, "queue a trading signal for the runner")
+    signal.add_argument("signal_type", choices=["open_long", "add_long", "close_long", "reduce_long"])
+    signal.add_argument("symbol")
+    signal.add_argument("quantity", type=quantity, nargs="?", help="shares (close_long without it closes all)")
+    signal.add_argument("--strategy", required=True)
+    signal.add_argument("--limit", type=float, metavar="PRICE", help="limit price (default: market order)")
+    signal.add_argument("--tif", default="DAY", choices=["DAY", "GTC"], type=str.upper)
+    signal.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
+    signal.add_argument("--key", help="idempotency key: the same key queues one signal however often it is sent")
+    queue = command("queue", cmd_queue, "signals and their orders' status", connection=False)
+    queue.add_argument("--strategy")
+    queue.add_argument("--limit", type=int, default=50, help="the latest N signals (default 50)")
+    queue.add_argument("--json", action="store_true")
+    cancel_signal = command("cancel-signal", cmd_cancel_signal, "cancel a signal not yet filled", connection=False)
+    cancel_signal.add_argument("signal_id", help="its id, or the start of it as `qdibkr queue` shows")
+    halt = command("halt", cmd_halt, "kill switch: the runner sends nothing until resumed", connection=False)
+    halt.add_argument("--cancel-open", action="store_true", help="also cancel the runner's working orders")
+    halt.add_argument("--reason", default="halted by the user")
+    command("resume", cmd_resume, "lift the kill switch", connection=False)
+    runner = command("runner", cmd_runner, "turn queued signals into orders (its own client id, default 90)")
+    runner.add_argument("--once", action="store_true", help="exit when nothing is waiting or in flight")
+    runner.add_argument("--wait", action="store_true", help="if another runner holds the queue, wait for it")
     sim = command("sim", cmd_sim, "run the simulated TWS gateway (paper account, offline)", connection=False)
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     sim.add_argument("--port", type=int, default=PRESETS["tws-paper"], help="port (default 7497, TWS paper)")

@@ -6,12 +6,12 @@ import math
 
 
 def records(result) -> list[dict]:
-    """Rows of any API result: a DataFrame, a dataclass, or a list of dataclasses."""
+    """Rows of any API result: a DataFrame, a dataclass, or a list of dataclasses or dicts."""
     if hasattr(result, "to_dict"):
         return result.to_dict("records")
     if dataclasses.is_dataclass(result):
         return [dataclasses.asdict(result)]
-    return [dataclasses.asdict(r) for r in result]
+    return [r if isinstance(r, dict) else dataclasses.asdict(r) for r in result]
 
 
 def cell(value) -> str:

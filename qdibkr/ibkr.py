@@ -148,6 +148,7 @@ class IBKR:
         self.ib = IB()
         self.account = ""
         self._contracts: dict[Symbol, tuple[Contract, float]] = {}
+        self._tickers: dict[Symbol, object] = {}  # streaming subscriptions kept for price_async
         self._errors: dict[int, list[tuple[int, str]]] = {}
         self.ib.errorEvent += self._on_error
 
@@ -183,6 +184,7 @@ class IBKR:
             return self
         s = self.settings
         s.check_port()
+        self._tickers.clear()  # subscriptions end with the connection they were made on
         errors = self._errors.setdefault(-1, [])
         errors.clear()
         try:
@@ -375,11 +377,8 @@ class IBKR:
         if quantity % lot:
             raise InputError("quantity", f"{sym} trades in board lots of {lot:g} shares; {quantity:g} is not a "
                                          f"multiple (try {max(lot, quantity - quantity % lot):g})")
-        order = (LimitOrder(action, quantity, float(limit)) if limit is not None
-                 else MarketOrder(action, quantity))
-        order.tif, order.orderRef, order.account = tif, order_ref, self.account
-        trade = self.ib.placeOrder(contract, order)
-        result = await self._answer(trade, order.orderId)
+        trade = self.submit(contract, action, quantity, limit=limit, tif=tif, order_ref=order_ref)
+        result = await self._answer(trade, trade.order.orderId)
         if limit is None and result.status not in DONE_STATUSES:
             # A market order normally fills at once: give the fill a moment to arrive.
             await until(self.ib, trade.isDone, MARKET_FILL_WAIT)
@@ -392,6 +391,55 @@ class IBKR:
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
         return self._run(self.place_order_async(symbol, side, quantity, **kwargs))
+
+    def submit(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,
+               tif: str = "DAY", order_ref: str = "", order_id: int = 0) -> Trade:
+        """Send an order as given, without waiting: its Trade follows TWS's answers.
+
+        ``order_id`` 0 takes the next id; the runner passes the id it recorded before sending."""
+        order = (LimitOrder(action, quantity, float(limit)) if limit is not None
+                 else MarketOrder(action, quantity))
+        order.orderId, order.tif, order.orderRef, order.account = order_id, tif, order_ref, self.account
+        return self.ib.placeOrder(contract, order)
+
+    def next_order_id(self) -> int:
+        return self.ib.client.getReqId()
+
+    async def known_trades_async(self, ref_prefix: str) -> dict:
+        """Every order TWS knows (open, of any client, or completed today) whose orderRef starts
+        with ``ref_prefix``, by orderRef; and the session's fills are refreshed on the way."""
+        self._require_connection()
+        await self.ib.reqAllOpenOrdersAsync()
+        await self.ib.reqCompletedOrdersAsync(apiOnly=True)
+        await self.ib.reqExecutionsAsync()
+        return {t.order.orderRef: t for t in self.ib.trades() if t.order.orderRef.startswith(ref_prefix)}
+
+    async def price_async(self, symbol: str, market_type: str | None = None) -> float:
+        """A current price (last, else the bid-ask midpoint) from a streaming subscription kept
+        for the session: repeated calls cost TWS no further messages."""
+        sym, contract, _ = await self.contract_async(symbol, market_type)
+        ticker = self._tickers.get(sym)
+        if ticker is None:
+            self.ib.reqMarketDataType(DELAYED_DATA)  # live where subscribed, else delayed
+            ticker = self._tickers[sym] = self.ib.reqMktData(contract)
+
+        def price() -> float | None:
+            last = _num(ticker.last)
+            if last:
+                return last
+            bid, ask = _num(ticker.bid), _num(ticker.ask)
+            return (bid + ask) / 2 if bid and ask else None
+
+        if not await until(self.ib, lambda: price() is not None, ACK_TIMEOUT):
+            raise TWSError(354, f"no price for {sym} within {ACK_TIMEOUT:g} s: is there a market data subscription?")
+        return price()
+
+    def rate_to_base(self, currency: str) -> float:
+        """How many units of the base currency one unit of ``currency`` is worth (TWS's ExchangeRate)."""
+        for v in self.ib.accountValues(self.account):
+            if v.tag == "ExchangeRate" and v.currency == currency:
+                return float(v.value)
+        raise TWSError(0, f"TWS reported no exchange rate for {currency} in account {self.account}")
 
     async def _answer(self, trade: Trade, order_id: int) -> OrderResult:
         """Wait for TWS to acknowledge or refuse an order; raise with IB's reason if refused."""

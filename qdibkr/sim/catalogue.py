@@ -18,15 +18,15 @@ and covers 2000-2049: the span the simulator's price model supports.
 """
 
 import bisect
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-import exchange_calendars
 import numpy as np
 import pandas as pd
+
+from ..hours import load_calendar
 
 # ------------------------------------------------------------------ listings
 
@@ -257,8 +257,6 @@ def round_to_tick(listing: Listing, price, direction: str = "nearest"):
 
 # ------------------------------------------------------------------ sessions
 
-CALENDAR_START, CALENDAR_END = "2000-01-01", "2049-12-31"
-
 # Extended (outside-RTH) hours per calendar: local pre-market start and how long
 # after the close trading goes on. US: 04:00 to 20:00 (17:00 on half days).
 # Calendars not listed here trade only their regular hours.
@@ -288,18 +286,9 @@ def _epoch(times: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _calendar(name: str) -> exchange_calendars.ExchangeCalendar:
-    with warnings.catch_warnings():
-        # exchange_calendars 4.13 uses pandas APIs that pandas 3.1 deprecates
-        # (Series.values, DatetimeIndex.weekday): noise the user can do nothing about.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return exchange_calendars.get_calendar(name, start=CALENDAR_START, end=CALENDAR_END)
-
-
-@lru_cache(maxsize=None)
 def session_table(calendar: str) -> SessionTable:
     """All sessions of an exchange calendar (loaded once, on first use)."""
-    cal = _calendar(calendar)
+    cal = load_calendar(calendar)
     schedule = cal.schedule
     days = schedule.index
     zone = str(cal.tz)

@@ -1,0 +1,334 @@
+"""The runner: turns queued signals into orders exactly once, paced, within the user's limits.
+
+It holds one connection to TWS (its own client id) and one lock on the queue.
+It wakes within milliseconds of a new signal (the emitter sends it a datagram
+on loopback; a slow safety poll covers a lost one), and for each signal that
+may go (the strategy's earlier signals on that symbol are final, trading hours
+and risk limits allow it, nothing is halted) it:
+
+1. records ``submitting`` with the order id it is about to use, then
+2. sends the order with ``orderRef = qd-<signal id>``.
+
+After any start or reconnect it first reconciles: every signal it may have
+sent is looked up at TWS by orderRef (open orders of all clients, completed
+orders, executions). What TWS has is adopted; a ``submitting`` signal TWS
+never received goes back to ``pending``. So a runner killed at any moment and
+started again neither loses a signal nor sends one twice.
+
+Fills, positions and trades are recorded from TWS's events only (commission
+reports, which carry the execution), never from what was asked. ib_insync
+throttles sending to 45 messages a second, under IB's 50.
+"""
+
+import asyncio
+import datetime as dt
+import fcntl
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from contextlib import contextmanager
+
+from . import hours
+from .config import Settings, config_file, load_settings
+from .errors import ConnectError, ContractError, QdibkrError
+from .ibkr import IBKR
+from .risk import Proposal, RiskConfig, breach, load_risk
+from .signals import WAKE_PORT_KEY
+from .store import FINAL, Fill, Signal, Store
+
+log = logging.getLogger("qdibkr.runner")
+
+RUNNER_CLIENT_ID = 90
+REF_PREFIX = "qd-"
+SAFETY_POLL = 2.0  # seconds; wake-ups normally come by datagram within a millisecond
+BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds between reconnection attempts
+HALTED_KEY, CANCEL_OPEN_KEY = "halted", "cancel_open"
+IN_FLIGHT = ("submitting", "submitted", "partially_filled")
+WAITING = ("pending", "held")
+
+
+def _filled(trade) -> int:
+    """Shares filled: the live status's count, or for an order loaded as completed, the order's
+    filledQuantity (which ib_insync leaves at its huge 'unset' value otherwise)."""
+    completed = trade.order.filledQuantity
+    return int(trade.orderStatus.filled or (completed if completed < 1e300 else 0))
+
+
+def _logged(handler):
+    """An event handler whose failure is logged, never swallowed: a lost update must be seen."""
+    @functools.wraps(handler)
+    def wrapper(*args):
+        try:
+            handler(*args)
+        except Exception:
+            log.exception("runner failed to handle %s", handler.__name__)
+    return wrapper
+
+
+class RunnerBusy(QdibkrError):
+    """Another runner holds this queue."""
+
+
+def runner_settings(**overrides) -> Settings:
+    """Connection settings for the runner: the user's, with the runner's own client id by default."""
+    overrides.setdefault("client_id", os.environ.get("QDIBKR_RUNNER_CLIENT_ID") or
+                         config_file().get("runner", {}).get("client_id", RUNNER_CLIENT_ID))
+    return load_settings(**overrides)
+
+
+class _Wakeup(asyncio.DatagramProtocol):
+    def __init__(self, event: asyncio.Event):
+        self.event = event
+
+    def datagram_received(self, data, addr):
+        self.event.set()
+
+
+class Runner:
+    def __init__(self, store: Store, settings: Settings | None = None, risk: RiskConfig | None = None):
+        self.store = store
+        self.ibkr = IBKR(settings or runner_settings())
+        self.risk = risk if risk is not None else load_risk(config_file())
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self._cancels_sent: set[str] = set()
+        ib = self.ibkr.ib
+        ib.orderStatusEvent += _logged(self._on_status)
+        ib.commissionReportEvent += _logged(self._on_commission)
+        ib.disconnectedEvent += self.wake.set
+
+    # ------------------------------------------------------------ lifecycle
+    @contextmanager
+    def lock(self, wait: bool = False):
+        """One runner per queue: an OS file lock, released even when the process is killed."""
+        path = f"{self.store.path}.runner.lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                f.seek(0)
+                raise RunnerBusy(f"another runner holds the queue {self.store.path} ({f.read().strip()}); "
+                                 f"stop it first, or start this one with --wait to take over when it stops") from None
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
+            f.flush()
+            yield
+
+    async def run(self, once: bool = False, wait: bool = False):
+        """Work until stopped; with ``once``, until nothing is waiting to be sent or in flight."""
+        with self.lock(wait):
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Wakeup(self.wake), local_addr=("127.0.0.1", 0))
+            self.store.set(WAKE_PORT_KEY, str(transport.get_extra_info("sockname")[1]))
+            try:
+                while not self.stopping:
+                    if not self.ibkr.ib.isConnected():
+                        await self.connect()
+                    self.wake.clear()
+                    await self.work()
+                    if once and self.idle():
+                        break
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), SAFETY_POLL)
+                    except asyncio.TimeoutError:
+                        pass
+            finally:
+                self.store.set(WAKE_PORT_KEY, None)
+                transport.close()
+                self.ibkr.disconnect()
+
+    def stop(self):
+        self.stopping = True
+        self.wake.set()
+
+    def idle(self) -> bool:
+        """Nothing in flight, and nothing pending that may be sent (while halted, nothing may)."""
+        waiting = IN_FLIGHT if self.store.get(HALTED_KEY) else ("pending",) + IN_FLIGHT
+        return not self.store.signals(statuses=waiting)
+
+    async def connect(self):
+        """Connect (retrying with backoff while TWS is away), then reconcile before sending anything."""
+        for attempt in range(1_000_000):
+            try:
+                await self.ibkr.connect_async()
+                break
+            except ConnectError as e:  # TWS away (it restarts daily): try again; other errors are the user's
+                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                log.warning("runner cannot connect (%s); retrying in %g s", e, delay)
+                await asyncio.sleep(delay)
+        log.info("runner connected as client %d; reconciling", self.ibkr.settings.client_id)
+        await self.reconcile()
+
+    async def reconcile(self):
+        """Adopt what TWS has for every signal that may have been sent; resend nothing it has."""
+        trades = await self.ibkr.known_trades_async(REF_PREFIX)
+        for trade in trades.values():
+            self._on_status(trade)
+        for fill in self.ibkr.ib.fills():
+            if fill.execution.orderRef.startswith(REF_PREFIX) and fill.commissionReport.execId:
+                self._record(fill)
+        for signal in self.store.signals(statuses=IN_FLIGHT):
+            if signal.order_ref in trades:
+                continue
+            if signal.status == "submitting":
+                self.store.update_signal(signal.id, status="pending", order_id=None, reason="")
+                log.info("signal %s never reached TWS; it will be sent", signal.id[:8])
+            else:
+                filled = sum(f.shares for f in self.store.fills() if f.signal_id == signal.id)
+                final = "filled" if filled >= (signal.order_quantity or 0) else "cancelled"
+                self.store.update_signal(signal.id, status=final, filled=filled,
+                                         reason="" if final == "filled" else "TWS no longer knows this order")
+
+    # ------------------------------------------------------------ sending
+    async def work(self):
+        """One pass over the queue: cancel what the user asked to, send what may go."""
+        halted = self.store.get(HALTED_KEY)
+        if self.store.get(CANCEL_OPEN_KEY):
+            self._cancel_open()
+            self.store.set(CANCEL_OPEN_KEY, None)
+        busy = set()  # (strategy, symbol): an earlier signal there is not final yet
+        for signal in self.store.open_signals():
+            key = (signal.strategy, signal.symbol)
+            if signal.cancel_requested and signal.status in IN_FLIGHT:
+                self._cancel(signal)
+            if key in busy:
+                continue
+            busy.add(key)
+            if signal.status in WAITING and not halted and self.ibkr.ib.isConnected():
+                await self.send(signal)
+
+    async def send(self, signal: Signal):
+        """Send one signal's order, or hold or reject it with the reason stored."""
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.risk.outside_hours != "send" and not hours.is_open(signal.market, now):
+            reason = f"outside trading hours; the market opens {hours.next_open(signal.market, now):%Y-%m-%d %H:%M} UTC"
+            self._refuse(signal, reason, self.risk.outside_hours)
+            return
+        held = self.store.positions(signal.strategy)
+        position = next((p.quantity for p in held if p.symbol == signal.symbol), 0)
+        quantity = signal.quantity if signal.quantity is not None else position
+        if signal.action == "SELL" and not 0 < quantity <= position:
+            self._refuse(signal, f"strategy {signal.strategy!r} holds {position} {signal.symbol}; "
+                                 f"no short selling", "reject")
+            return
+        try:
+            _, contract, lot = await self.ibkr.contract_async(signal.symbol, signal.market)
+            reason = await self._risk_breach(signal, quantity)
+        except ContractError as e:
+            self._refuse(signal, str(e), "reject")
+            return
+        if quantity % lot:
+            reason = reason or f"{quantity} is not a multiple of the board lot {lot:g}"
+        if reason:
+            self._refuse(signal, reason, self.risk.on_breach)
+            return
+        order_id = self.ibkr.next_order_id()
+        # Recorded before sending: a restart finds it at TWS by orderRef, or knows it never went.
+        self.store.update_signal(signal.id, status="submitting", order_id=order_id, order_quantity=quantity,
+                                 reason="")
+        self.ibkr.submit(contract, signal.action, quantity, limit=signal.limit_price, tif=signal.tif,
+                         order_ref=signal.order_ref, order_id=order_id)
+
+    async def _risk_breach(self, signal: Signal, quantity: int) -> str | None:
+        start_of_day = dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        positions = self.store.positions()
+        notional = None
+        if self.risk.needs_prices:
+            price = signal.limit_price or await self.ibkr.price_async(signal.symbol, signal.market)
+            currency = "HKD" if signal.market == "HShare" else "USD"
+            notional = quantity * price * (1.0 if currency == "USD" else self.ibkr.rate_to_base(currency))
+        scopes = (
+            ("global", self.risk.limits, None),
+            (f"strategy {signal.strategy!r}", self.risk.for_strategy(signal.strategy), signal.strategy),
+        )
+        for scope, limits, strategy in scopes:
+            position = sum(p.quantity for p in positions
+                           if p.symbol == signal.symbol and strategy in (None, p.strategy))
+            proposal = Proposal(signal.symbol, signal.action, quantity, notional, position,
+                                self.store.orders_today(strategy, start_of_day))
+            reason = breach(limits, proposal, scope)
+            if reason:
+                return reason
+        return None
+
+    def _refuse(self, signal: Signal, reason: str, action: str):
+        status = "held" if action == "hold" else "rejected"
+        if (signal.status, signal.reason) != (status, reason):
+            self.store.update_signal(signal.id, status=status, reason=reason)
+
+    def _cancel(self, signal: Signal):
+        trade = self._trade(signal)
+        if trade and signal.id not in self._cancels_sent:
+            self._cancels_sent.add(signal.id)
+            self.ibkr.ib.cancelOrder(trade.order)
+
+    def _cancel_open(self):
+        """The kill switch's --cancel-open: cancel every working order this runner placed."""
+        for trade in self.ibkr.ib.openTrades():
+            if trade.order.orderRef.startswith(REF_PREFIX):
+                self.ibkr.ib.cancelOrder(trade.order)
+
+    def _trade(self, signal: Signal):
+        return next((t for t in self.ibkr.ib.trades() if t.order.orderRef == signal.order_ref), None)
+
+    # ------------------------------------------------------------ TWS events
+    def _on_status(self, trade):
+        ref = trade.order.orderRef
+        if not ref.startswith(REF_PREFIX):
+            return
+        signal = self.store.signal(ref[len(REF_PREFIX):])
+        if signal is None or signal.is_final:
+            return
+        status, reason = self._status_of(trade)
+        if status is None:
+            return
+        filled = _filled(trade)
+        changes = dict(status=status, order_id=trade.order.orderId, perm_id=trade.order.permId, filled=filled,
+                       avg_price=trade.orderStatus.avgFillPrice or signal.avg_price, reason=reason)
+        if any(getattr(signal, k) != v for k, v in changes.items()):
+            self.store.update_signal(signal.id, **changes)
+        if status in FINAL:
+            self.wake.set()  # the next signal of this strategy and symbol may go now
+
+    @staticmethod
+    def _status_of(trade) -> tuple[str | None, str]:
+        st = trade.orderStatus
+        filled = _filled(trade)
+        if st.status in ("PreSubmitted", "Submitted"):
+            return ("partially_filled" if filled else "submitted"), ""
+        if st.status == "Filled":
+            return "filled", ""
+        if st.status in ("Cancelled", "ApiCancelled", "Inactive"):
+            errors = [e for e in trade.log if e.errorCode and e.errorCode != 202]
+            if errors:
+                return "rejected", errors[-1].message
+            return "cancelled", "cancelled at IB" + (f" after {filled:g} filled" if filled else "")
+        return None, ""
+
+    def _on_commission(self, trade, fill, report):
+        if fill.execution.orderRef.startswith(REF_PREFIX):
+            self._record(fill)
+
+    def _record(self, fill):
+        execution, report = fill.execution, fill.commissionReport
+        signal = self.store.signal(execution.orderRef[len(REF_PREFIX):])
+        if signal is None:
+            return
+        self.store.record_fill(Fill(
+            exec_id=execution.execId, signal_id=signal.id, strategy=signal.strategy, symbol=signal.symbol,
+            side="BUY" if execution.side == "BOT" else "SELL", shares=int(execution.shares),
+            price=execution.price, time=execution.time.timestamp(), commission=report.commission,
+            commission_currency=report.currency), currency=fill.contract.currency)
+
+
+def summary(store: Store) -> str:
+    """One line for a terminal: signals by status, and whether sending is halted."""
+    counts = Counter(s.status for s in store.signals())
+    halted = store.get(HALTED_KEY)
+    parts = [f"{status} {counts[status]}" for status in
+             ("pending", "held", "submitting", "submitted", "partially_filled", "filled", "cancelled", "rejected")
+             if counts[status]]
+    return f"{time.strftime('%H:%M:%S')} " + (" | ".join(parts) or "queue empty") + \
+        (f" | HALTED: {halted}" if halted else "")

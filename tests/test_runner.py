@@ -1,0 +1,230 @@
+"""The queue and the runner, end to end against the simulated gateway."""
+
+import asyncio
+import threading
+
+import pytest
+
+from qdibkr import InputError, emit
+from qdibkr.risk import Limits, RiskConfig
+from qdibkr.runner import HALTED_KEY, Runner, RunnerBusy, runner_settings
+from qdibkr.signals import wake_runner
+from qdibkr.sim import catalogue
+from qdibkr.store import Store
+
+ALWAYS = RiskConfig(outside_hours="send")  # the simulated market never closes
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "queue.sqlite")
+    yield s
+    s.close()
+
+
+def run_once(store: Store, gateway, risk: RiskConfig = ALWAYS, advance: float = 0.0) -> Runner:
+    """Run a runner until nothing is waiting or in flight. With ``advance``, move the
+    gateway's clock on in steps of that many seconds meanwhile (limit orders fill later)."""
+    runner = Runner(store, runner_settings(port=gateway.port), risk)
+    thread = threading.Thread(target=asyncio.run, args=(runner.run(once=True),), daemon=True)
+    thread.start()
+    for _ in range(400):
+        thread.join(timeout=0.05)
+        if not thread.is_alive():
+            break
+        if advance:
+            gateway.advance(advance)
+    assert not thread.is_alive(), "the runner did not finish"
+    return runner
+
+
+def bid(gateway, symbol: str) -> float:
+    """The gateway's current bid, read off its price model."""
+    [listing] = catalogue.find(symbol)
+    return gateway.broker.quote(listing, gateway.clock.now()).bid
+
+
+def statuses(store: Store) -> list[tuple[str, str]]:
+    return [(s.signal_type, s.status) for s in store.signals()]
+
+
+def orders_at_gateway(gateway) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for order in gateway.broker.orders.values():
+        counts[order.order_ref] = counts.get(order.order_ref, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- emitting
+def test_emit_validates_and_stores_nothing_invalid(store):
+    emit("open_long", "AAPL", 10, strategy="sma", store=store)
+    bad = [
+        (dict(signal_type="buy", symbol="AAPL", quantity=1), "signal_type"),
+        (dict(signal_type="open_long", symbol="AAPL", quantity=0), "quantity"),
+        (dict(signal_type="open_long", symbol="AAPL", quantity=2.5), "quantity"),
+        (dict(signal_type="open_long", symbol="AAPL", quantity=None), "quantity"),
+        (dict(signal_type="open_long", symbol="AAPL", quantity=1, limit=0), "limit"),
+        (dict(signal_type="open_long", symbol="AAPL", quantity=1, tif="IOC"), "tif"),
+        (dict(signal_type="open_long", symbol="AAPL!", quantity=1), "symbol"),
+        (dict(signal_type="reduce_long", symbol="AAPL", quantity=11), "quantity"),
+        (dict(signal_type="close_long", symbol="MSFT", quantity=None), "quantity"),
+        (dict(signal_type="open_long", symbol="0700.HK", quantity=100), "symbol"),  # board lot not known yet
+    ]
+    for kwargs, field in bad:
+        with pytest.raises(InputError) as e:
+            emit(strategy="sma", store=store, **kwargs)
+        assert e.value.field == field, kwargs
+    store.remember_board_lot("0700.HK", 100)
+    with pytest.raises(InputError, match="board lots of 100 shares; 150"):
+        emit("open_long", "700", 150, strategy="sma", store=store)
+    with pytest.raises(InputError, match="strategy"):
+        emit("open_long", "AAPL", 1, strategy="", store=store)
+    assert len(store.signals()) == 1
+
+
+def test_reduce_counts_signals_on_the_way(store):
+    emit("open_long", "AAPL", 10, strategy="a", store=store)
+    emit("reduce_long", "AAPL", 4, strategy="a", store=store)
+    emit("reduce_long", "AAPL", 6, strategy="a", store=store)
+    with pytest.raises(InputError, match="holds 0"):
+        emit("reduce_long", "AAPL", 1, strategy="a", store=store)
+    with pytest.raises(InputError, match="holds 0"):
+        emit("reduce_long", "AAPL", 1, strategy="b", store=store)  # another strategy holds nothing
+
+
+def test_idempotency_key_stores_one_signal(store):
+    first = emit("open_long", "AAPL", 10, strategy="sma", key="sma-2026-11-25", store=store)
+    again = emit("open_long", "AAPL", 10, strategy="sma", key="sma-2026-11-25", store=store)
+    assert again.id == first.id and len(store.signals()) == 1
+
+
+# ---------------------------------------------------------------- the runner
+def test_each_signal_type_trades_and_positions_follow_fills(store, gateway):
+    emit("open_long", "AAPL", 10, strategy="sma", store=store)
+    emit("add_long", "AAPL", 5, strategy="sma", store=store)
+    emit("reduce_long", "AAPL", 6, strategy="sma", store=store)
+    emit("close_long", "AAPL", strategy="sma", store=store)
+    run_once(store, gateway)
+    assert statuses(store) == [("open_long", "filled"), ("add_long", "filled"),
+                               ("reduce_long", "filled"), ("close_long", "filled")]
+    signals = store.signals()
+    assert [s.order_quantity for s in signals] == [10, 5, 6, 9]  # close_long sized at sending time
+    assert orders_at_gateway(gateway) == {s.order_ref: 1 for s in signals}
+    [position] = store.positions("sma")
+    assert position.quantity == 0
+    fills = store.fills("sma")
+    assert [f.side for f in fills] == ["BUY", "BUY", "SELL", "SELL"] and sum(f.commission for f in fills) == 4.0
+    assert position.realized_pnl == pytest.approx(sum(f.realized_pnl for f in fills if f.side == "SELL"))
+    assert gateway.broker.position("DU1234567", 265598).quantity == 0
+
+
+def test_hk_board_lots_and_partial_fills(store, gateway):
+    store.remember_board_lot("0700.HK", 100)
+    emit("open_long", "0700.HK", 1800, strategy="hk", store=store)  # more than the book shows at one price
+    run_once(store, gateway)
+    [signal] = store.signals()
+    assert signal.status == "filled" and signal.filled == 1800
+    assert len(store.fills("hk")) >= 2
+    assert all(f.shares % 100 == 0 and f.commission_currency == "HKD" for f in store.fills("hk"))
+
+
+def test_limit_order_fills_later(store, gateway):
+    emit("open_long", "AAPL", 5, strategy="dip", limit=round(bid(gateway, "AAPL") * 0.995, 2), tif="GTC", store=store)
+    run_once(store, gateway, advance=3600)
+    [signal] = store.signals()
+    assert signal.status == "filled" and signal.avg_price <= signal.limit_price
+
+
+def test_rejections_are_stored_with_ibs_reason(store, gateway):
+    emit("open_long", "AAPL", 100_000, strategy="big", store=store)
+    run_once(store, gateway)
+    [signal] = store.signals()
+    assert signal.status == "rejected" and "insufficient cash" in signal.reason
+    assert len(gateway.broker.orders) == 0
+
+
+def test_close_waits_for_the_open_it_closes(store, gateway):
+    emit("open_long", "MSFT", 4, strategy="s", limit=round(bid(gateway, "MSFT") * 0.995, 2), tif="GTC", store=store)
+    emit("close_long", "MSFT", strategy="s", store=store)
+    run_once(store, gateway, advance=3600)
+    opened, closed = store.signals()
+    assert opened.status == closed.status == "filled"
+    buy, sell = store.fills("s")
+    assert buy.time <= sell.time and sell.shares == 4
+
+
+def test_risk_limits_reject_or_hold(store, gateway):
+    risk = RiskConfig(Limits(max_order_quantity=50, allowed_symbols=frozenset({"AAPL", "MSFT"}),
+                             max_order_notional=5_000),
+                      {"tiny": Limits(max_position=3)}, on_breach="reject", outside_hours="send")
+    emit("open_long", "AAPL", 60, strategy="x", store=store)
+    emit("open_long", "TSLA", 1, strategy="x", store=store)
+    emit("open_long", "MSFT", 20, strategy="x", store=store)  # ~10,000 USD
+    emit("open_long", "AAPL", 4, strategy="tiny", store=store)
+    emit("open_long", "AAPL", 2, strategy="ok", store=store)
+    run_once(store, gateway, risk)
+    reasons = {(s.symbol, s.strategy): (s.status, s.reason) for s in store.signals()}
+    assert reasons[("AAPL", "x")][1].startswith("60 shares exceed the global max_order_quantity of 50")
+    assert "not among the global allowed symbols" in reasons[("TSLA", "x")][1]
+    assert "exceeds the global max_order_notional of 5,000.00" in reasons[("MSFT", "x")][1]
+    assert "would exceed the strategy 'tiny' max_position of 3" in reasons[("AAPL", "tiny")][1]
+    assert reasons[("AAPL", "ok")] == ("filled", "")
+    assert [o.order_ref for o in gateway.broker.orders.values()] == [store.signals()[-1].order_ref]
+
+
+def test_hold_on_breach_keeps_the_signal(store, gateway):
+    risk = RiskConfig(Limits(max_orders_per_day=1), on_breach="hold", outside_hours="send")
+    emit("open_long", "AAPL", 1, strategy="a", store=store)
+    emit("open_long", "MSFT", 1, strategy="a", store=store)
+    run_once(store, gateway, risk)
+    assert statuses(store) == [("open_long", "filled"), ("open_long", "held")]
+    assert "max_orders_per_day of 1" in store.signals()[1].reason
+
+
+def test_outside_hours_holds_by_default(store, gateway, monkeypatch):
+    from qdibkr import hours
+    monkeypatch.setattr(hours, "is_open", lambda market, when: False)
+    emit("open_long", "AAPL", 1, strategy="a", store=store)
+    run_once(store, gateway, RiskConfig())
+    [signal] = store.signals()
+    assert signal.status == "held" and "outside trading hours" in signal.reason
+    run_once(store, gateway, RiskConfig(outside_hours="reject"))
+    assert store.signals()[0].status == "rejected"
+
+
+def test_kill_switch_stops_sending_and_survives_restarts(store, gateway):
+    store.set(HALTED_KEY, "halted by the user")
+    emit("open_long", "AAPL", 1, strategy="a", store=store)
+    run_once(store, gateway)
+    run_once(store, gateway)  # a restarted runner is still halted
+    assert statuses(store) == [("open_long", "pending")] and gateway.broker.orders == {}
+    store.set(HALTED_KEY, None)
+    run_once(store, gateway)
+    assert statuses(store) == [("open_long", "filled")]
+
+
+def test_cancel_signal_before_and_after_sending(store, gateway):
+    first = emit("open_long", "AAPL", 1, strategy="a", store=store)
+    assert store.cancel_signal(first.id).status == "cancelled"
+    resting = emit("open_long", "AAPL", 1, strategy="b", limit=round(bid(gateway, "AAPL") * 0.9, 2), tif="GTC",
+                   store=store)
+    runner = Runner(store, runner_settings(port=gateway.port), ALWAYS)
+    thread = threading.Thread(target=asyncio.run, args=(runner.run(once=True),), daemon=True)
+    thread.start()
+    for _ in range(200):  # until the order rests at the gateway
+        if gateway.broker.open_orders():
+            break
+        thread.join(timeout=0.02)
+    store.cancel_signal(resting.id)
+    wake_runner(store)
+    thread.join(timeout=10)
+    assert store.signal(resting.id).status == "cancelled"
+    assert [o.status for o in gateway.broker.orders.values()] == ["Cancelled"]
+
+
+def test_a_second_runner_is_refused(store, gateway):
+    first = Runner(store, runner_settings(port=gateway.port), ALWAYS)
+    with first.lock():
+        second = Runner(store, runner_settings(port=gateway.port, client_id=91), ALWAYS)
+        with pytest.raises(RunnerBusy, match="another runner holds the queue"):
+            asyncio.run(second.run(once=True))
