@@ -141,7 +141,7 @@ def cmd_cancel_signal(args):
     from .signals import wake_runner
 
     store = queue_store(args)
-    signal = store.signal(args.signal_id)
+    signal = store.find_signal(args.signal_id)
     if signal is None:
         raise InputError("signal_id", f"no single signal has the id {args.signal_id!r}; `qdibkr queue` lists them")
     signal = store.cancel_signal(signal.id)
@@ -159,7 +159,7 @@ def cmd_halt(args):
     if args.cancel_open:
         store.set(CANCEL_OPEN_KEY, "1")
     wake_runner(store)
-    print(f"halted: the runner sends nothing until `qdibkr resume`" +
+    print("halted: the runner sends nothing until `qdibkr resume`" +
           ("; open orders will be cancelled" if args.cancel_open else ""))
 
 
@@ -174,8 +174,6 @@ def cmd_resume(args):
 
 
 def cmd_runner(args):
-    import asyncio
-
     from .runner import Runner, runner_settings, summary
 
     store = queue_store(args)
@@ -189,7 +187,7 @@ def cmd_runner(args):
             print(f"\r{summary(store)}\033[K", end="", file=sys.stderr, flush=True)
         runner.ibkr.ib.updateEvent += show_summary
     try:
-        asyncio.run(runner.run(once=args.once, wait=args.wait))
+        runner.ibkr.run(runner.run(once=args.once, wait=args.wait))
     except KeyboardInterrupt:
         pass
     print(summary(store), file=sys.stderr)
@@ -216,6 +214,29 @@ def cmd_quote(args):
             print(f"delayed data (no live subscription): {', '.join(delayed)}", file=sys.stderr)
 
 
+def cmd_bars(args):
+    import pandas as pd
+
+    from .bars import fetch
+
+    if args.out and not args.out.endswith((".parquet", ".csv")):
+        raise InputError("out", f"{args.out!r}: name a .parquet or a .csv file")
+    with connected(args) as ibkr:
+        bars = fetch(ibkr, args.symbols, duration=args.duration, bar_size=args.bar_size, use_rth=args.rth,
+                     what_to_show=args.what)
+    if len({str(frame.index.tz) for frame in bars.values()}) > 1:  # one time column needs one zone
+        bars = {symbol: frame.tz_convert("UTC") for symbol, frame in bars.items()}
+    rows = pd.concat(bars, names=["symbol"]).reset_index()
+    if args.out is None:
+        show(rows, args.json)
+        return
+    if args.out.endswith(".parquet"):
+        rows.to_parquet(args.out, index=False)
+    else:
+        rows.to_csv(args.out, index=False)
+    print(f"{len(rows)} bars of {len(bars)} symbols written to {args.out}", file=sys.stderr)
+
+
 def cmd_sim(args):
     import asyncio
 
@@ -238,10 +259,89 @@ def cmd_sim(args):
         pass
 
 
+# ------------------------------------------------------------------ notebook runs and schedules
+def parameter_value(text: str):
+    """A ``-p NAME VALUE`` value: JSON where it parses (10, 2.5, true, null, ["AAPL", "MSFT"]), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def report_run(run):
+    """Print how a notebook run ended; a failed run is an error (exit status 1)."""
+    print(f"run {run.id[:8]} of {run.notebook} ({run.strategy}): {run.status} in {run.duration:.1f} s; "
+          f"executed notebook {run.output_path}")
+    if run.status != "succeeded":
+        raise QdibkrError(f"the notebook failed, so none of its signals will trade: {run.error}")
+    print(f"{run.signals} signal(s) released to the runner")
+
+
+def cmd_run(args):
+    from .runs import run_notebook
+
+    parameters = {name: parameter_value(value) for name, value in args.parameters or []}
+    report_run(run_notebook(args.notebook, parameters, store=queue_store(args), output_dir=args.runs,
+                            timeout=args.timeout))
+
+
+def cmd_schedule(args):
+    import datetime as dt
+
+    from .schedule import Scheduler, load_jobs
+
+    store = queue_store(args)
+    scheduler = Scheduler(load_jobs(args.dir), store, output_dir=args.runs)
+    now = scheduler.clock()
+    if args.action == "list":
+        rows = []
+        for job in scheduler.jobs.values():
+            upcoming = job.next_slot(now)
+            last = store.runs(job.name, limit=1)
+            rows.append({"job": job.name, "notebook": job.notebook.name, "when": job.when,
+                         "next run": upcoming.strftime("%Y-%m-%d %H:%M %Z") if upcoming else "-",
+                         "last run": f"{last[0].status} {dt.datetime.fromtimestamp(last[0].started_at):%m-%d %H:%M}"
+                         if last else "-"})
+        show(rows, args.json)
+    elif args.action == "run":
+        if not args.job:
+            raise InputError("job", f"name the job to run: qdibkr schedule run JOB ({', '.join(scheduler.jobs)})")
+        run = scheduler.run(scheduler.job(args.job), now)
+        if run is None:
+            raise QdibkrError(f"job {args.job} has run for {now:%H:%M:%S} UTC already")
+        report_run(run)
+    else:
+        logging.getLogger("qdibkr").setLevel(logging.INFO)
+        print(f"scheduler: {len(scheduler.jobs)} job(s) from {args.dir or 'schedules'}; Ctrl-C stops it",
+              file=sys.stderr)
+        try:
+            scheduler.serve()
+        except KeyboardInterrupt:
+            scheduler.stop()
+            print("stopping once the runs under way end (Ctrl-C again abandons them: their signals never trade)",
+                  file=sys.stderr)
+            scheduler.join()
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
     run_demo()
+
+
+def cmd_serve(args):
+    from .api import serve
+    from .config import load_settings
+
+    if not args.verbose:  # a server shows its warnings and errors even without -v
+        for name in ("qdibkr", "uvicorn.error"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    settings = load_settings(host=args.host, port=args.port, preset=args.preset, client_id=args.client_id,
+                             account=args.account, live=args.live or None)
+    try:
+        serve(args.listen_host, args.listen_port, settings, queue_store(args))
+    except KeyboardInterrupt:
+        pass
 
 
 # ------------------------------------------------------------------ parser
@@ -261,23 +361,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    conn = argparse.ArgumentParser(add_help=False)
-    group = conn.add_argument_group("connection (else QDIBKR_* variables, the config file, then defaults)")
-    group.add_argument("--host", help="TWS/Gateway host (default 127.0.0.1)")
-    group.add_argument("--port", type=int, help="API port (default 7497, TWS paper)")
-    group.add_argument("--preset", choices=list(PRESETS), help="a named port: " +
-                       ", ".join(f"{n} {p}" for n, p in PRESETS.items()))
-    group.add_argument("--client-id", type=int, help="API client id (default 1)")
-    group.add_argument("--account", help="account id (default: the only managed account)")
-    group.add_argument("--live", action="store_true", help="allow a live port or a non-paper account")
-    group.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    def connection_flags(prefix: str = "") -> argparse.ArgumentParser:
+        """The connection flags. ``serve`` spells host and port --tws-host and --tws-port: its own
+        --host and --port say where it listens."""
+        flags = argparse.ArgumentParser(add_help=False)
+        group = flags.add_argument_group("connection (else QDIBKR_* variables, the config file, then defaults)")
+        group.add_argument(f"--{prefix}host", dest="host", help="TWS/Gateway host (default 127.0.0.1)")
+        group.add_argument(f"--{prefix}port", dest="port", type=int, help="API port (default 7497, TWS paper)")
+        group.add_argument("--preset", choices=list(PRESETS), help="a named port: " +
+                           ", ".join(f"{n} {p}" for n, p in PRESETS.items()))
+        group.add_argument("--client-id", type=int, help="API client id (default 1)")
+        group.add_argument("--account", help="account id (default: the only managed account)")
+        group.add_argument("--live", action="store_true", help="allow a live port or a non-paper account")
+        group.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return flags
+
+    conn = connection_flags()
 
     queue_db = argparse.ArgumentParser(add_help=False)
     queue_db.add_argument("--db", help="queue database (default: QDIBKR_DB, the config file, "
                                        "~/.local/share/qdibkr/queue.sqlite)")
 
     def command(name, func, help_text, connection=True):
-        parents = [conn, queue_db] if connection else [queue_db]
+        """``connection``: the command takes the connection flags (True), none (False), or these (a parser)."""
+        flags = connection if isinstance(connection, argparse.ArgumentParser) else conn
+        parents = [flags, queue_db] if connection else [queue_db]
         sub = commands.add_parser(name, help=help_text, description=help_text, parents=parents)
         sub.set_defaults(run=func)
         return sub
@@ -302,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     quote = command("quote", cmd_quote, "bid, ask, last, close and volume; delayed when not subscribed")
     quote.add_argument("symbols", nargs="+", metavar="SYMBOL")
     quote.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
+    bars = command("bars", cmd_bars, "historical bars, fetched in pieces IB accepts, paced and cached locally "
+                                     "(QDIBKR_CACHE, default ~/.cache/qdibkr/bars); times are exchange-local, "
+                                     "UTC when the symbols' time zones differ")
+    bars.add_argument("symbols", nargs="+", metavar="SYMBOL")
+    bars.add_argument("--duration", default="1 Y", help="calendar span up to now: N S|D|W|M|Y (default '1 Y')")
+    bars.add_argument("--bar-size", default="1 day", help="an IB bar size: '1 secs' ... '1 min', '1 hour', '1 day', "
+                                                          "'1 week', '1 month' (default '1 day')")
+    bars.add_argument("--rth", action=argparse.BooleanOptionalAction, default=True,
+                      help="regular trading hours only (default), or --no-rth for extended hours too")
+    bars.add_argument("--what", default="TRADES", type=str.upper,
+                      help="TRADES (default), MIDPOINT, BID, ASK or ADJUSTED_LAST")
+    bars.add_argument("--out", metavar="FILE", help="write the bars to FILE.parquet or FILE.csv instead of printing")
 
     signal = command("signal", cmd_signal, "queue a trading signal for the runner")
     signal.add_argument("signal_type", choices=["open_long", "add_long", "close_long", "reduce_long"])
@@ -335,6 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="markets with a live data subscription, of US,HK (others get delayed data); default US")
     sim.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
     command("demo", cmd_demo, "trade against the simulated gateway, end to end", connection=False)
+    run = command("run", cmd_run, "run a notebook with papermill; its signals trade only if it succeeds",
+                  connection=False)
+    run.add_argument("notebook")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("NAME", "VALUE"),
+                     help="a notebook parameter; VALUE is JSON where it parses (10, true, [\"AAPL\"]), else text")
+    run.add_argument("--timeout", type=float, help="seconds each cell may take (default: no limit)")
+    schedule = command("schedule", cmd_schedule, "run the notebooks of schedules/ on trading days; `schedule "
+                                                 "list` shows each job's next run, `schedule run JOB` runs one now",
+                       connection=False)
+    schedule.add_argument("action", nargs="?", choices=["list", "run"], help="default: run due jobs until stopped")
+    schedule.add_argument("job", nargs="?", help="the job for `schedule run`")
+    schedule.add_argument("--dir", help="the schedule files' folder (default: QDIBKR_SCHEDULES, else ./schedules)")
+    schedule.add_argument("--json", action="store_true")
+    for sub in (run, schedule):
+        sub.add_argument("--runs", metavar="DIR", help="where executed notebooks are kept (default: QDIBKR_RUNS, "
+                                                       "the config file's [runs] dir, else ./runs)")
+    serve = command("serve", cmd_serve, "the HTTP API (/api/ibkr/...; OpenAPI at /openapi.json), connecting "
+                                        "to TWS when POST /api/ibkr/connect asks", connection=connection_flags("tws-"))
+    serve.add_argument("--host", dest="listen_host", default="127.0.0.1",
+                       help="address to listen on (default: loopback only; any other needs an API token)")
+    serve.add_argument("--port", dest="listen_port", type=int, default=5000, help="port (default 5000)")
     return parser
 
 

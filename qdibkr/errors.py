@@ -14,6 +14,10 @@ class InputError(QdibkrError, ValueError):
         self.message = message
 
 
+class UnknownOrder(InputError):
+    """No open order of this client has that id (the HTTP API answers 404)."""
+
+
 class ConnectError(QdibkrError, ConnectionError):
     """TWS / IB Gateway could not be reached, or refused us."""
 

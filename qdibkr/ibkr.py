@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, util
 
 from .config import PRESET_LIST, Settings, load_settings
-from .errors import ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, TWSError
-from .symbols import FORMATS, HK_SHARE, Symbol, parse_symbol
+from .errors import (ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, PacingError,
+                     TWSError, UnknownOrder)
+from .symbols import FORMATS, HK_SHARE, US_STOCK, Symbol, parse_symbol
 
 log = logging.getLogger("qdibkr")
 
@@ -27,9 +28,12 @@ ACK_TIMEOUT = 10.0
 MARKET_FILL_WAIT = 2.0
 DONE_STATUSES = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
 ACKED_STATUSES = DONE_STATUSES | {"PreSubmitted", "Submitted"}
-ORDER_ERRORS = {201, 202, 103, 104, 135, 10148, 436, 200, 321, 320}
+ORDER_ERRORS = {110, 201, 202, 103, 104, 135, 10148, 436, 200, 321, 320}
 LIVE_DATA, DELAYED_DATA = 1, 3
 NOT_SUBSCRIBED = {354, 10089, 10168}
+EXCHANGE_ZONES = {US_STOCK: "America/New_York", HK_SHARE: "Asia/Hong_Kong"}  # bar times are exchange-local
+HISTORY_TIMEOUT = 60.0
+BAR_COLUMNS = ["open", "high", "low", "close", "volume", "wap", "count"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class IBKR:
         self._contracts: dict[Symbol, tuple[Contract, float]] = {}
         self._tickers: dict[Symbol, object] = {}  # streaming subscriptions kept for price_async
         self._errors: dict[int, list[tuple[int, str]]] = {}
+        self._one_at_a_time: dict[str, asyncio.Lock] = {}  # see _request
         self.ib.errorEvent += self._on_error
 
     # ------------------------------------------------------------ plumbing
@@ -160,12 +165,43 @@ class IBKR:
         elif code in (1100, 1101, 1102):
             log.warning("TWS connectivity: %s", text)
 
-    def _run(self, coro):
+    def run(self, coro):
         """Run a coroutine to completion from blocking code, also inside Jupyter's running loop."""
-        loop = util.getLoop()
+        policy = asyncio.get_event_loop_policy()
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:  # this thread's loop was closed (after asyncio.run, say): start another
+            loop = policy.new_event_loop()
+            policy.set_event_loop(loop)
         if loop.is_running():
             util.patchAsyncio()
         return util.run(coro)
+
+    async def _request(self, kind: str, request):
+        """Await an ib_insync request of a kind it keeps a single answer slot for ("currentTime",
+        "accountValues", "openOrders", "completedOrders"), after any of that kind still out: one
+        sent meanwhile would take the slot, and the first caller would wait forever. Concurrent
+        callers (the HTTP server's requests) thus take turns.
+
+        The wait also ends when the connection does: ib_insync leaves an answer pending for ever
+        after an explicit disconnect, and the next caller must not inherit that wait."""
+        async with self._one_at_a_time.setdefault(kind, asyncio.Lock()):
+            answer = asyncio.ensure_future(request())
+            gone = asyncio.get_running_loop().create_future()
+
+            def on_disconnect():
+                if not gone.done():
+                    gone.set_result(None)
+
+            self.ib.disconnectedEvent += on_disconnect
+            try:
+                await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.ib.disconnectedEvent -= on_disconnect
+            if not answer.done():
+                answer.cancel()
+                raise ConnectionError(f"the connection to TWS ended before it answered ({kind})")
+            return answer.result()
 
     def _require_connection(self):
         if not self.ib.isConnected():
@@ -237,7 +273,7 @@ class IBKR:
         connecting.result()
 
     def connect(self) -> "IBKR":
-        return self._run(self.connect_async())
+        return self.run(self.connect_async())
 
     def _choose_account(self, accounts: list[str]) -> str:
         wanted = self.settings.account
@@ -257,12 +293,12 @@ class IBKR:
     async def status_async(self) -> Status:
         s = self.settings
         connected = self.ib.isConnected()
-        server_time = await self.ib.reqCurrentTimeAsync() if connected else None
+        server_time = await self._request("currentTime", self.ib.reqCurrentTimeAsync) if connected else None
         return Status(connected, s.host, s.port, s.client_id, self.account,
                       self.ib.client.serverVersion() if connected else None, server_time)
 
     def status(self) -> Status:
-        return self._run(self.status_async())
+        return self.run(self.status_async())
 
     # ------------------------------------------------------------ contracts
     async def contract_async(self, symbol: str, market_type: str | None = None) -> tuple[Symbol, Contract, float]:
@@ -287,7 +323,7 @@ class IBKR:
         self._require_connection()
         values = self.ib.accountValues(self.account)
         if not values:
-            await self.ib.reqAccountUpdatesAsync(self.account)
+            await self._request("accountValues", lambda: self.ib.reqAccountUpdatesAsync(self.account))
             values = self.ib.accountValues(self.account)
         by_key = {(v.tag, v.currency): v.value for v in values}
 
@@ -308,12 +344,18 @@ class IBKR:
             unrealized_pnl=value("UnrealizedPnL", "BASE"), realized_pnl=value("RealizedPnL", "BASE"))
 
     def account_summary(self) -> AccountSummary:
-        return self._run(self.account_async())
+        return self.run(self.account_async())
 
     def positions(self) -> "pandas.DataFrame":
         """IB's positions of the account, valued at the market: value = price x quantity."""
+        return frame(self.position_rows(), ["symbol", "quantity", "avg_cost", "market_price", "market_value",
+                                            "unrealized_pnl", "realized_pnl", "currency", "account"])
+
+    def position_rows(self) -> list[dict]:
+        """The rows of ``positions`` as dicts, for callers that ask often (the HTTP server): TWS keeps
+        the portfolio current, so this is a read of local state, and a DataFrame would cost more."""
         self._require_connection()
-        rows = [{
+        return [{
             "symbol": self._display(item.contract),
             "quantity": item.position,
             "avg_cost": item.averageCost,
@@ -324,8 +366,6 @@ class IBKR:
             "currency": item.contract.currency,
             "account": item.account,
         } for item in self.ib.portfolio(self.account) if item.position]
-        return frame(rows, ["symbol", "quantity", "avg_cost", "market_price", "market_value",
-                            "unrealized_pnl", "realized_pnl", "currency", "account"])
 
     @staticmethod
     def _display(contract: Contract) -> str:
@@ -336,12 +376,12 @@ class IBKR:
     async def orders_async(self) -> "pandas.DataFrame":
         """Open orders of every client connected to this TWS, as TWS reports them."""
         self._require_connection()
-        await self.ib.reqAllOpenOrdersAsync()
+        await self._request("openOrders", self.ib.reqAllOpenOrdersAsync)
         rows = [self._order_row(t) for t in self.ib.openTrades()]
         return frame(rows, list(OrderResult.__dataclass_fields__) + ["client_id", "account"])
 
     def orders(self) -> "pandas.DataFrame":
-        return self._run(self.orders_async())
+        return self.run(self.orders_async())
 
     def _order_row(self, trade: Trade) -> dict:
         row = asdict(self._result(trade))
@@ -386,11 +426,11 @@ class IBKR:
         if trade.fills:
             # A round trip to TWS: the position and portfolio updates it sent with the
             # fill are processed when this returns, so positions() read next agree.
-            await self.ib.reqCurrentTimeAsync()
+            await self._request("currentTime", self.ib.reqCurrentTimeAsync)
         return result
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
-        return self._run(self.place_order_async(symbol, side, quantity, **kwargs))
+        return self.run(self.place_order_async(symbol, side, quantity, **kwargs))
 
     def submit(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,
                tif: str = "DAY", order_ref: str = "", order_id: int = 0) -> Trade:
@@ -409,19 +449,34 @@ class IBKR:
         """Every order TWS knows (open, of any client, or completed today) whose orderRef starts
         with ``ref_prefix``, by orderRef; and the session's fills are refreshed on the way."""
         self._require_connection()
-        await self.ib.reqAllOpenOrdersAsync()
-        await self.ib.reqCompletedOrdersAsync(apiOnly=True)
+        await self._request("openOrders", self.ib.reqAllOpenOrdersAsync)
+        await self._request("completedOrders", lambda: self.ib.reqCompletedOrdersAsync(apiOnly=True))
         await self.ib.reqExecutionsAsync()
         return {t.order.orderRef: t for t in self.ib.trades() if t.order.orderRef.startswith(ref_prefix)}
 
-    async def price_async(self, symbol: str, market_type: str | None = None) -> float:
-        """A current price (last, else the bid-ask midpoint) from a streaming subscription kept
-        for the session: repeated calls cost TWS no further messages."""
+    async def _streaming_ticker(self, symbol: str, market_type: str | None):
+        """The session's streaming subscription to a symbol (live where subscribed, else delayed),
+        made on first use and kept: reading it again costs TWS no further messages."""
         sym, contract, _ = await self.contract_async(symbol, market_type)
         ticker = self._tickers.get(sym)
         if ticker is None:
             self.ib.reqMarketDataType(DELAYED_DATA)  # live where subscribed, else delayed
             ticker = self._tickers[sym] = self.ib.reqMktData(contract)
+        return sym, ticker
+
+    async def streaming_quote_async(self, symbol: str, market_type: str | None = None) -> Quote:
+        """The current quote from the session's streaming subscription: for callers that ask
+        often, like the HTTP server (each ``quotes_async`` snapshot costs TWS messages)."""
+        sym, ticker = await self._streaming_ticker(symbol, market_type)
+        priced = lambda: any(_num(p) for p in (ticker.bid, ticker.ask, ticker.last, ticker.close))  # noqa: E731
+        if not await until(self.ib, priced, ACK_TIMEOUT):
+            raise TWSError(354, f"no quote for {sym} within {ACK_TIMEOUT:g} s: is there a market data subscription?")
+        return self._quote(sym, ticker)
+
+    async def price_async(self, symbol: str, market_type: str | None = None) -> float:
+        """A current price (last, else the bid-ask midpoint) from the session's streaming
+        subscription: repeated calls cost TWS no further messages."""
+        sym, ticker = await self._streaming_ticker(symbol, market_type)
 
         def price() -> float | None:
             last = _num(ticker.last)
@@ -458,7 +513,7 @@ class IBKR:
         trade = next((t for t in self.ib.openTrades()
                       if t.order.orderId == order_id and t.order.clientId == self.settings.client_id), None)
         if trade is None:
-            raise InputError("order_id", f"no open order {order_id} was placed by client id "
+            raise UnknownOrder("order_id", f"no open order {order_id} was placed by client id "
                                          f"{self.settings.client_id}; `qdibkr orders` lists open orders and "
                                          f"their client ids (an order is cancelled by the client that placed it)")
         errors = self._errors.setdefault(order_id, [])
@@ -472,7 +527,7 @@ class IBKR:
         return self._result(trade)
 
     def cancel_order(self, order_id: int) -> OrderResult:
-        return self._run(self.cancel_order_async(order_id))
+        return self.run(self.cancel_order_async(order_id))
 
     async def trades_async(self) -> "pandas.DataFrame":
         """Today's executions, each with its commission in the currency IB charged it."""
@@ -499,7 +554,7 @@ class IBKR:
                             "realized_pnl", "order_id", "order_ref", "exec_id", "account"])
 
     def trades(self) -> "pandas.DataFrame":
-        return self._run(self.trades_async())
+        return self.run(self.trades_async())
 
     # ------------------------------------------------------------ quotes
     async def quotes_async(self, *symbols: str, market_type: str | None = None) -> list[Quote]:
@@ -517,7 +572,7 @@ class IBKR:
         return [self._quote(sym, ticker) for (sym, _, _), ticker in zip(resolved, tickers)]
 
     def quote(self, *symbols: str, market_type: str | None = None) -> list[Quote]:
-        return self._run(self.quotes_async(*symbols, market_type=market_type))
+        return self.run(self.quotes_async(*symbols, market_type=market_type))
 
     async def _snapshots(self, contracts: list[Contract], data_type: int):
         """Snapshot tickers, and the conIds TWS refused for want of a live data subscription."""
@@ -542,3 +597,59 @@ class IBKR:
         return Quote(symbol=sym.display, currency=sym.currency, bid=_num(ticker.bid), ask=_num(ticker.ask),
                      last=_num(ticker.last), close=_num(ticker.close), volume=_num(ticker.volume),
                      time=ticker.time, delayed=ticker.marketDataType in (3, 4))
+
+    # ------------------------------------------------------------ historical bars
+    async def bars_async(self, symbol: str, *, end: "str | dt.datetime" = "", duration: str = "1 Y",
+                         bar_size: str = "1 day", use_rth: bool = True, what_to_show: str = "TRADES",
+                         market_type: str | None = None) -> "pandas.DataFrame":
+        """One historical data request, as IB takes it: the bars of ``duration`` ("N S|D|W|M|Y")
+        ending at ``end`` ("" for now, or a timezone-aware datetime).
+
+        A DataFrame of open, high, low, close, volume, wap and count (the last three -1 unless
+        TRADES), indexed by each bar's start in the exchange's time zone (America/New_York,
+        Asia/Hong_Kong); daily, weekly and monthly bars by the local midnight of their first
+        session's date. No bars in the range: an empty frame. For long ranges in pieces, pacing
+        and a local cache, see ``qdibkr.bars``.
+        """
+        import pandas as pd
+
+        sym, contract, _ = await self.contract_async(symbol, market_type)
+        zone = EXCHANGE_ZONES[sym.market]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        bars = await self.ib.reqHistoricalDataAsync(contract, end, duration, bar_size, what_to_show, use_rth,
+                                                    formatDate=2, timeout=HISTORY_TIMEOUT)
+        errors = self._errors.pop(bars.reqId, [])
+        if not bars:
+            self._history_refused(sym, errors, loop.time() - started)
+        frame = pd.DataFrame([(b.open, b.high, b.low, b.close, b.volume, b.average, b.barCount) for b in bars],
+                             columns=BAR_COLUMNS, dtype=float)
+        dates = pd.DatetimeIndex([b.date for b in bars], name="time").as_unit("ns")  # one resolution for all
+        if len(dates) and isinstance(bars[0].date, dt.datetime):
+            frame.index = dates.tz_convert(zone)
+        else:
+            frame.index = dates.tz_localize(zone)
+        return frame
+
+    def bars(self, symbol: str, **kwargs) -> "pandas.DataFrame":
+        return self.run(self.bars_async(symbol, **kwargs))
+
+    @staticmethod
+    def _history_refused(sym: Symbol, errors: list[tuple[int, str]], waited: float):
+        """Raise the reason TWS sent no bars, in plain words; return if it simply has none in the range."""
+        for code, text in errors:
+            if code == 162 and "pacing" in text.lower():
+                raise PacingError(162, f"IB refused historical data for {sym}: too many requests too quickly "
+                                       f"(error 162, {text}). IB allows no identical request within 15 s and, "
+                                       f"for bars of 30 s or less, at most 5 per contract in 2 s and 60 in 10 "
+                                       f"minutes; qdibkr.bars paces its requests to stay inside these limits")
+            if code == 162 and "no data" in text.lower():
+                return
+            if code == 321:
+                raise TWSError(321, f"IB refused the historical data request for {sym} as invalid (error 321): "
+                                    f"{text}. Check the bar size, the duration ('N S|D|W|M|Y', within IB's "
+                                    f"limit for that bar size) and what to show (TRADES, MIDPOINT, BID, ASK)")
+            if code < 2100 or code >= 2200:  # 2100-2199 are TWS's warnings
+                raise TWSError(code, f"IB sent no historical data for {sym} (error {code}): {text}")
+        if waited >= HISTORY_TIMEOUT:
+            raise TWSError(0, f"TWS sent no historical data for {sym} within {HISTORY_TIMEOUT:g} s")

@@ -37,7 +37,7 @@ def board_lot(store: Store, symbol, ibkr=None) -> int:
         return 1
     lot = store.board_lot(symbol.display)
     if lot is None and ibkr is not None:
-        _, _, lot = ibkr._run(ibkr.contract_async(symbol.display))
+        _, _, lot = ibkr.run(ibkr.contract_async(symbol.display))
         store.remember_board_lot(symbol.display, int(lot))
     if lot is None:
         raise InputError("symbol", f"the board lot of {symbol} is not known yet; pass a connected session "

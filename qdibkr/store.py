@@ -12,6 +12,10 @@ A signal's life: ``staged`` (emitted by a notebook run still in progress) ->
 ``submitting`` (written before the order is sent) -> ``submitted`` ->
 ``partially_filled`` -> ``filled``; or it ends ``cancelled`` or ``rejected``
 with a reason.
+
+A notebook run (``qdibkr run``, a scheduled job) is recorded in ``runs``:
+``running`` -> ``succeeded`` or ``failed``; a schedule slot passed over is
+recorded ``skipped``.
 """
 
 import logging
@@ -83,6 +87,21 @@ CREATE TABLE IF NOT EXISTS board_lots (
     symbol TEXT PRIMARY KEY,
     lot INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job TEXT,
+    slot REAL,
+    notebook TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    output_path TEXT NOT NULL DEFAULT '',
+    signals INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS runs_job_slot ON runs (job, slot);
 CREATE TABLE IF NOT EXISTS control (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -155,6 +174,28 @@ class StrategyPosition:
     realized_pnl: float
 
 
+@dataclass
+class Run:
+    """One execution of a notebook: by hand (``job`` None) or for a schedule's slot."""
+
+    id: str
+    job: str | None
+    slot: float | None  # the scheduled time it ran for (POSIX seconds)
+    notebook: str
+    strategy: str
+    parameters: str  # JSON
+    status: str  # running, succeeded, failed, skipped
+    started_at: float
+    finished_at: float | None
+    output_path: str  # the executed notebook
+    signals: int  # signals released to the runner (0 unless it succeeded)
+    error: str
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+
 def default_path(config_db: str | None = None) -> Path:
     return Path(os.environ.get("QDIBKR_DB") or config_db or DEFAULT_DB).expanduser()
 
@@ -192,6 +233,11 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
+    def data_version(self) -> int:
+        """A number that changes whenever another connection (the runner, say) commits a change:
+        a cheap way to watch the queue."""
+        return self._query("PRAGMA data_version")[0][0]
+
     # ------------------------------------------------------------ signals
     @staticmethod
     def _signal(row) -> Signal:
@@ -213,10 +259,16 @@ class Store:
         return signal
 
     def signal(self, signal_id: str) -> Signal | None:
-        rows = self._query("SELECT * FROM signals WHERE id = ? OR id LIKE ?", (signal_id, f"{signal_id}%"))
+        rows = self._query("SELECT * FROM signals WHERE id = ?", (signal_id,))
+        return self._signal(rows[0]) if rows else None
+
+    def find_signal(self, id_start: str) -> Signal | None:
+        """The one signal whose id starts so (as `qdibkr queue` shows ids cut short), else None."""
+        rows = self._query("SELECT * FROM signals WHERE id LIKE ? LIMIT 2", (f"{id_start}%",))
         return self._signal(rows[0]) if len(rows) == 1 else None
 
-    def signals(self, *, statuses=None, strategy: str | None = None, limit: int | None = None) -> list[Signal]:
+    def signals(self, *, statuses=None, strategy: str | None = None, limit: int | None = None,
+                run_id: str | None = None) -> list[Signal]:
         sql, args = "SELECT * FROM signals WHERE 1=1", []
         if statuses:
             sql += f" AND status IN ({', '.join('?' * len(statuses))})"
@@ -224,6 +276,9 @@ class Store:
         if strategy:
             sql += " AND strategy = ?"
             args.append(strategy)
+        if run_id:
+            sql += " AND run_id = ?"
+            args.append(run_id)
         sql += " ORDER BY seq DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -281,9 +336,11 @@ class Store:
                               "AND status = 'staged'", (time.time(), run_id)).rowcount
 
     def discard_run(self, run_id: str, reason: str) -> int:
-        """A notebook run failed: none of its signals may trade."""
+        """A notebook run failed: none of its signals may trade. Their idempotency keys are set
+        aside (suffixed with the run), so that a repeat of the run may emit them afresh."""
         with self.transaction() as db:
-            return db.execute("UPDATE signals SET status = 'cancelled', reason = ?, updated_at = ? "
+            return db.execute("UPDATE signals SET status = 'cancelled', reason = ?, updated_at = ?, "
+                              "idempotency_key = idempotency_key || ' discarded by run ' || run_id "
                               "WHERE run_id = ? AND status = 'staged'", (reason, time.time(), run_id)).rowcount
 
     def orders_today(self, strategy: str | None, since: float) -> int:
@@ -351,3 +408,35 @@ class Store:
                 db.execute("DELETE FROM control WHERE key = ?", (key,))
             else:
                 db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (key, value))
+
+    # ------------------------------------------------------------ notebook runs
+    def start_run(self, **values) -> Run:
+        """Record a run that is starting (or, with ``status="skipped"``, a slot passed over)."""
+        values = {"id": uuid.uuid4().hex, "started_at": time.time(), "status": "running", **values}
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                       tuple(values.values()))
+        return self.run(values["id"])
+
+    def finish_run(self, run_id: str, status: str, **changes) -> Run:
+        """Record how a run ended: its status, and output_path, signals or error."""
+        changes = {"status": status, "finished_at": time.time(), **changes}
+        with self.transaction() as db:
+            db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                       (*changes.values(), run_id))
+        return self.run(run_id)
+
+    def run(self, run_id: str) -> Run | None:
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return Run(**dict(rows[0])) if rows else None
+
+    def runs(self, job: str | None = None, limit: int | None = None) -> list[Run]:
+        """Runs, the latest last; of one job if given."""
+        sql = "SELECT * FROM runs" + (" WHERE job = ?" if job else "") + " ORDER BY started_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [Run(**dict(r)) for r in reversed(self._query(sql, (job,) if job else ()))]
+
+    def last_slot(self, job: str) -> float | None:
+        """The latest schedule slot a job has run for, or passed over."""
+        return self._query("SELECT MAX(slot) FROM runs WHERE job = ?", (job,))[0][0]

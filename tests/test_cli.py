@@ -98,3 +98,41 @@ def test_fresh_processes_as_the_readme_shows(tmp_path):
     finally:
         sim.terminate()
         sim.wait(timeout=10)
+
+
+def test_queue_commands(cli, capsys, tmp_path, gateway, monkeypatch):
+    db = str(tmp_path / "queue.sqlite")
+    code, out, err = cli("signal", "open_long", "0700.HK", "200", "--strategy", "hk", "--db", db)
+    assert code == 0 and "open_long 200 0700.HK for hk: pending" in out  # the board lot was looked up
+    code, _, err = cli("signal", "open_long", "0700.HK", "150", "--strategy", "hk", "--db", db)
+    assert code == 2 and "board lots of 100 shares" in err
+    code, _, err = cli("signal", "reduce_long", "AAPL", "5", "--strategy", "hk", "--db", db)
+    assert code == 2 and "holds 0" in err
+    code, out, _ = cli("signal", "open_long", "AAPL", "3", "--strategy", "us", "--key", "k1", "--db", db, "--json")
+    signal_id = json.loads(out)["id"]
+    code, out, _ = cli("signal", "open_long", "AAPL", "3", "--strategy", "us", "--key", "k1", "--db", db, "--json")
+    assert json.loads(out)["id"] == signal_id  # the same key queues one signal
+    code, out, _ = run(capsys, "cancel-signal", signal_id[:8], "--db", db)
+    assert code == 0 and "cancelled" in out
+    code, out, _ = run(capsys, "queue", "--db", db, "--json")
+    assert [(s["symbol"], s["status"]) for s in json.loads(out)] == [("0700.HK", "pending"), ("AAPL", "cancelled")]
+
+    code, out, _ = run(capsys, "halt", "--db", db)
+    assert code == 0 and "sends nothing" in out
+    config = tmp_path / "config.toml"
+    config.write_text('[risk]\noutside_hours = "send"\n')
+    monkeypatch.setenv("QDIBKR_CONFIG", str(config))
+    code, _, _ = cli("runner", "--once", "--db", db)
+    assert code == 0 and gateway.broker.orders == {}  # halted: nothing sent
+    run(capsys, "resume", "--db", db)
+    code, _, _ = cli("runner", "--once", "--db", db)
+    assert code == 0
+    code, out, _ = run(capsys, "queue", "--db", db, "--json")
+    assert json.loads(out)[0]["status"] == "filled"
+    code, out, _ = cli("positions", "--strategy", "hk", "--db", db, "--json")
+    both = json.loads(out)
+    assert both["strategy"][0]["quantity"] == 200 and both["account"][0]["quantity"] == 200
+    code, out, _ = run(capsys, "trades", "--strategy", "hk", "--db", db, "--json")
+    assert [f["shares"] for f in json.loads(out)] and sum(f["shares"] for f in json.loads(out)) == 200
+    code, out, _ = cli("reconcile", "--db", db, "--json")
+    assert json.loads(out) == [{"symbol": "0700.HK", "strategies": 200, "account": 200, "difference": 0}]

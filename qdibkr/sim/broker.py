@@ -33,6 +33,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from zoneinfo import ZoneInfo
 
+from ..commissions import commission
 from . import catalogue
 from .catalogue import Listing
 from .market import PriceModel
@@ -168,9 +169,7 @@ def reject(reason: str) -> Rejection:
 
 def commission_due(listing: Listing, quantity: int, value: float) -> float:
     """An order's total commission once ``quantity`` shares worth ``value`` have filled."""
-    if listing.currency == "HKD":
-        return round(max(18.0, 0.0008 * value), 2)
-    return round(min(max(1.0, 0.005 * quantity), 0.01 * value), 2)
+    return commission(listing.currency, quantity, value)
 
 
 def to_usd(amount: float, currency: str) -> float:

@@ -1,0 +1,47 @@
+"""What the notebooks share: a connection (to TWS / IB Gateway, or to a simulated gateway started
+in the kernel) and the board lots their sizing needs.
+
+::
+
+    from qdibkr.notebook import board_lots, session
+    ibkr = session(port=0)          # 0: a simulated gateway in this kernel: offline, nothing leaves the machine
+    ibkr = session(port=7497)       # TWS paper; None: QDIBKR_PORT, the config file, else 7497
+    board_lots(ibkr, ["0700.HK", "AAPL"])   # {"0700.HK": 100, "AAPL": 1}
+"""
+
+import os
+from pathlib import Path
+
+from .ibkr import IBKR
+from .signals import board_lot, default_store
+from .symbols import parse_symbol
+
+CACHE_ENV = "QDIBKR_CACHE"
+_gateways = []  # simulated gateways started in this kernel: they serve until it ends
+
+
+def gateway_port(port: int | None) -> int | None:
+    """``port``, except that 0 starts a simulated gateway in this process and gives its port.
+    Bars fetched from it are then cached apart from TWS's (in a ``simulated`` folder of the cache)."""
+    if port != 0:
+        return port
+    from .bars import DEFAULT_CACHE
+    from .sim import SimGateway
+
+    os.environ[CACHE_ENV] = str(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "simulated")
+    gateway = SimGateway(port=0).start_in_thread()
+    _gateways.append(gateway)
+    print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (paper account DU1234567, offline)")
+    return gateway.port
+
+
+def session(host: str | None = None, port: int | None = None, client_id: int | None = None,
+            **settings) -> IBKR:
+    """A connected IBKR session (``port`` as ``gateway_port`` takes it)."""
+    return IBKR(host=host, port=gateway_port(port), client_id=client_id, **settings).connect()
+
+
+def board_lots(ibkr: IBKR, symbols) -> dict[str, int]:
+    """Each symbol's board lot (1 for US stocks), asked of TWS once and remembered in the queue."""
+    store = default_store()
+    return {parse_symbol(s).display: board_lot(store, parse_symbol(s), ibkr) for s in symbols}

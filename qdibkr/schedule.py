@@ -1,0 +1,324 @@
+"""Schedules: strategy notebooks run on exchange trading days, by cron or relative to the session.
+
+A schedule file (TOML, one job each, in ``schedules/``)::
+
+    name = "us_sma"                          # default: the file's name
+    notebook = "../notebooks/us_sma.ipynb"   # relative to this file
+    cron = "50 15 * * *"                     # minute hour day month weekday, in `timezone`
+    timezone = "America/New_York"            # default: the calendar's
+    calendar = "XNYS"                        # run on this exchange's trading days only (XNYS, XHKG)
+    missed = "skip"                          # a slot missed by more than `grace`: "skip" it, or "run" it once, late
+    grace = "5m"                             # how late a slot still counts as on time (s, m or h)
+
+    [parameters]                             # papermill parameters
+    mode = "live"
+
+Instead of ``cron``, ``at = "close-10m"`` (or ``"open"``, ``"open+30m"``,
+``"close+1h"``) runs relative to each session's open or close, early closes
+included (the Hong Kong open is the morning's, its close the afternoon's).
+
+``Scheduler.tick(now)`` starts, each in its own thread, every job whose latest
+slot at ``now`` has not been handled (run or passed over). Only the latest slot
+counts: after any gap a job runs once, late (``missed = "run"``) or not at all
+(``"skip"``, recorded as a skipped run). One job never runs twice at once: a
+lock file per job, held for the run, also keeps out another scheduler or a
+``qdibkr schedule run`` in another process. Each run goes through
+``runs.run_notebook`` with the job and slot, so its signals reach the runner
+only if it succeeds, and a slot run again emits nothing twice.
+"""
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+
+from .errors import InputError, QdibkrError
+from .hours import load_calendar, quiet
+from .runs import run_notebook, strategy_of
+from .store import Run, Store
+
+log = logging.getLogger("qdibkr.schedule")
+
+MISSED = ("skip", "run")
+MAX_WAIT = 60.0  # seconds the scheduler sleeps at most between looks at the clock
+_AT = re.compile(r"^(open|close)\s*(?:([+-])\s*(\d+)\s*([smh]))?$")
+_SPAN = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+MAX_CRON_STEPS = 100_000  # cron times tried while looking for one on a trading day
+
+
+class JobBusy(QdibkrError):
+    """The job is running already (in this process or another)."""
+
+
+def _span(text: str, field_name: str) -> float:
+    match = _SPAN.match(str(text))
+    if not match:
+        raise InputError(field_name, f"{text!r} is not a time span; write e.g. '90s', '5m' or '1h'")
+    return int(match[1]) * _SECONDS[match[2]]
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    notebook: Path
+    parameters: dict
+    timezone: str
+    calendar: str | None = None
+    cron: str | None = None
+    at: str | None = None  # "open", "close-10m", ...: relative to the calendar's sessions
+    missed: str = "skip"
+    grace: float = 300.0  # seconds
+    source: Path | None = None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def when(self) -> str:
+        """The schedule in a few words, for listings."""
+        rule = f"cron {self.cron} {self.timezone}" if self.cron else f"at the session's {self.at}"
+        return rule + (f", {self.calendar} trading days" if self.calendar else "")
+
+    # ------------------------------------------------------------ slots
+    def previous_slot(self, now: dt.datetime) -> dt.datetime | None:
+        """The latest slot at or before ``now``."""
+        return self._session_slot(now, before=True) if self.at else self._cron_slot(now, before=True)
+
+    def next_slot(self, now: dt.datetime) -> dt.datetime | None:
+        """The first slot after ``now``."""
+        return self._session_slot(now, before=False) if self.at else self._cron_slot(now, before=False)
+
+    def _cron_slot(self, now: dt.datetime, before: bool) -> dt.datetime | None:
+        from croniter import croniter
+
+        # croniter steps strictly past its start: start a second after now's second to include now.
+        start = now.astimezone(self.zone).replace(microsecond=0) + dt.timedelta(seconds=1 if before else 0)
+        times = croniter(self.cron, start)
+        for _ in range(MAX_CRON_STEPS):
+            slot = times.get_prev(dt.datetime) if before else times.get_next(dt.datetime)
+            if self._trading_day(slot):
+                return slot
+        return None
+
+    def _trading_day(self, slot: dt.datetime) -> bool:
+        if not self.calendar:
+            return True
+        calendar = load_calendar(self.calendar)
+        day = slot.astimezone(calendar.tz).date()
+        first, last = calendar.sessions[0].date(), calendar.sessions[-1].date()
+        if not first <= day <= last:
+            raise InputError("calendar", f"{day} is outside the {self.calendar} calendar ({first} to {last})")
+        with quiet():
+            return bool(calendar.is_session(pd.Timestamp(day)))
+
+    def _session_slot(self, now: dt.datetime, before: bool) -> dt.datetime | None:
+        edge, sign, count, unit = _AT.match(self.at).groups()
+        calendar = load_calendar(self.calendar)
+        offset = pd.Timedelta(seconds=(-1 if sign == "-" else 1) * int(count or 0) * _SECONDS[unit or "s"])
+        times = (calendar.opens if edge == "open" else calendar.closes) + offset
+        moment = pd.Timestamp(now).tz_convert("UTC")
+        i = times.searchsorted(moment, side="right") - 1 if before else times.searchsorted(moment, side="right")
+        if not 0 <= i < len(times):
+            return None
+        return times.iloc[i].to_pydatetime().astimezone(self.zone)
+
+
+def load_job(path: Path) -> Job:
+    """One schedule file, checked: every problem is an InputError naming the file and the field."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            spec = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError("schedule", f"{path} is not valid TOML: {e}") from None
+
+    def problem(field_name: str, text: str):
+        raise InputError(field_name, f"{path}: {text}")
+
+    known = {"name", "notebook", "parameters", "cron", "at", "timezone", "calendar", "missed", "grace"}
+    if set(spec) - known:
+        problem("schedule", f"unknown setting(s) {', '.join(sorted(set(spec) - known))}; "
+                            f"known: {', '.join(sorted(known))}")
+    if not spec.get("notebook"):
+        problem("notebook", "name the notebook to run: notebook = \"../notebooks/us_sma.ipynb\"")
+    notebook = (path.parent / spec["notebook"]).resolve()
+    if not notebook.is_file():
+        problem("notebook", f"{notebook} does not exist")
+    if bool(spec.get("cron")) == bool(spec.get("at")):
+        problem("cron", "give either cron = \"35 9 * * *\" or at = \"close-10m\", not both or neither")
+    calendar = spec.get("calendar")
+    if calendar:
+        try:
+            load_calendar(calendar)
+        except Exception:
+            problem("calendar", f"{calendar!r} is not an exchange calendar; use e.g. XNYS or XHKG")
+    if spec.get("cron"):
+        from croniter import croniter
+
+        if not croniter.is_valid(spec["cron"]):
+            problem("cron", f"{spec['cron']!r} is not a cron expression (minute hour day month weekday)")
+    if spec.get("at"):
+        if not _AT.match(spec["at"]):
+            problem("at", f"{spec['at']!r}: write open or close, optionally with an offset: 'open+30m', 'close-10m'")
+        if not calendar:
+            problem("calendar", "at = ... is relative to a session: name the exchange, calendar = \"XNYS\"")
+    timezone = spec.get("timezone") or (str(load_calendar(calendar).tz) if calendar else "UTC")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problem("timezone", f"{timezone!r} is not a time zone; use e.g. America/New_York or Asia/Hong_Kong")
+    missed = spec.get("missed", "skip")
+    if missed not in MISSED:
+        problem("missed", f"{missed!r}: use skip or run")
+    parameters = spec.get("parameters", {})
+    if not isinstance(parameters, dict):
+        problem("parameters", "write the parameters as a [parameters] table")
+    return Job(name=spec.get("name") or path.stem, notebook=notebook, parameters=parameters, timezone=timezone,
+               calendar=calendar, cron=spec.get("cron"), at=spec.get("at"), missed=missed,
+               grace=_span(spec.get("grace", "5m"), "grace"), source=path)
+
+
+def schedules_dir() -> Path:
+    return Path(os.environ.get("QDIBKR_SCHEDULES") or "schedules")
+
+
+def load_jobs(folder=None) -> list[Job]:
+    """Every ``*.toml`` schedule in ``folder`` (default: QDIBKR_SCHEDULES, else ./schedules)."""
+    folder = Path(folder or schedules_dir())
+    if not folder.is_dir():
+        raise InputError("schedules", f"{folder} is not a folder of schedule files")
+    jobs = [load_job(path) for path in sorted(folder.glob("*.toml"))]
+    names = [job.name for job in jobs]
+    for name in set(names):
+        if names.count(name) > 1:
+            raise InputError("name", f"two schedules in {folder} name the job {name!r}")
+    return jobs
+
+
+@contextmanager
+def job_lock(store: Store, job: Job):
+    """Held while ``job`` runs: an OS file lock beside the queue, released even if the process dies."""
+    path = f"{store.path}.job-{job.name}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise JobBusy(f"job {job.name} is running already ({f.read().strip()})") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
+        f.flush()
+        yield
+
+
+class Scheduler:
+    """Runs due jobs; see the module's notes. ``clock`` (aware datetimes) is replaceable for tests."""
+
+    def __init__(self, jobs: list[Job], store: Store, *, output_dir=None, clock=None):
+        self.jobs = {job.name: job for job in jobs}
+        self.store = store
+        self.output_dir = output_dir
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.wake = threading.Event()  # set when a run ends, or to stop
+        self.stopping = False
+        self._running: dict[str, threading.Thread] = {}
+
+    def job(self, name: str) -> Job:
+        if name not in self.jobs:
+            raise InputError("job", f"no job {name!r}; the jobs are {', '.join(self.jobs) or 'none'}")
+        return self.jobs[name]
+
+    def due(self, now: dt.datetime) -> list[tuple[Job, dt.datetime]]:
+        """Jobs not running whose latest slot at ``now`` has not been handled, with that slot."""
+        found = []
+        for job in self.jobs.values():
+            slot = job.previous_slot(now)
+            last = self.store.last_slot(job.name)
+            if slot and (last is None or slot.timestamp() > last) and not self.running(job.name):
+                found.append((job, slot))
+        return found
+
+    def running(self, name: str) -> bool:
+        thread = self._running.get(name)
+        return thread is not None and thread.is_alive()
+
+    def tick(self, now: dt.datetime | None = None) -> list[threading.Thread]:
+        """Handle every due job: pass over a slot missed under ``missed = "skip"``, else start a run
+        in a thread (returned, for whoever wants to wait)."""
+        now = now or self.clock()
+        started = []
+        for job, slot in self.due(now):
+            late = (now - slot).total_seconds()
+            if late > job.grace and job.missed == "skip":
+                self.skip(job, slot, f"missed by {late / 60:.0f} min (grace {job.grace / 60:g} min); "
+                                     f"the job's missed policy is skip")
+                continue
+            thread = threading.Thread(target=self._run_in_thread, args=(job, slot), name=f"job-{job.name}",
+                                      daemon=True)
+            self._running[job.name] = thread
+            thread.start()
+            started.append(thread)
+        return started
+
+    def _run_in_thread(self, job: Job, slot: dt.datetime):
+        try:
+            self.run(job, slot)
+        except JobBusy as e:
+            log.info("%s", e)
+        except Exception:
+            log.exception("job %s failed to start", job.name)
+        finally:
+            self.wake.set()
+
+    def run(self, job: Job, slot: dt.datetime) -> Run | None:
+        """Run ``job`` for ``slot`` under its lock; None if that slot was handled meanwhile (by
+        another process). Raises JobBusy while the job runs elsewhere."""
+        with job_lock(self.store, job):
+            last = self.store.last_slot(job.name)
+            if last is not None and slot.timestamp() <= last:
+                return None
+            log.info("job %s: running %s for %s", job.name, job.notebook, slot.isoformat())
+            run = run_notebook(job.notebook, job.parameters, job=job.name, slot=slot, store=self.store,
+                               output_dir=self.output_dir)
+            log.info("job %s: %s in %.1f s (%s)", job.name, run.status, run.duration, run.error or run.output_path)
+            return run
+
+    def skip(self, job: Job, slot: dt.datetime, reason: str) -> Run:
+        log.info("job %s: slot %s skipped: %s", job.name, slot.isoformat(), reason)
+        now = time.time()
+        return self.store.start_run(job=job.name, slot=slot.timestamp(), notebook=str(job.notebook),
+                                    strategy=strategy_of(job.notebook, job.parameters),
+                                    parameters=json.dumps(job.parameters, default=str), status="skipped",
+                                    started_at=now, finished_at=now, error=reason)
+
+    def serve(self):
+        """Run due jobs until ``stop()``: wakes at each job's next slot, and when a run ends."""
+        while not self.stopping:
+            self.wake.clear()
+            now = self.clock()
+            self.tick(now)
+            upcoming = [slot for job in self.jobs.values() if (slot := job.next_slot(now))]
+            wait = min([MAX_WAIT] + [(slot - now).total_seconds() for slot in upcoming])
+            self.wake.wait(max(wait, 0.0))
+
+    def stop(self):
+        self.stopping = True
+        self.wake.set()
+
+    def join(self, timeout: float | None = None):
+        """Wait for the runs started so far to end."""
+        for thread in list(self._running.values()):
+            thread.join(timeout)
