@@ -5,6 +5,7 @@ from ib_insync import IB, util
 
 from qdibkr.ibkr import IBKR, until
 from qdibkr.sim import SimGateway
+from qdibkr.store import Store
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +37,14 @@ def connect(gateway):
     yield _connect
     for ib in clients:
         ib.disconnect()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh queue database."""
+    s = Store(tmp_path / "queue.sqlite")
+    yield s
+    s.close()
 
 
 @pytest.fixture

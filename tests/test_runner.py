@@ -15,13 +15,6 @@ from qdibkr.store import Store
 ALWAYS = RiskConfig(outside_hours="send")  # the simulated market never closes
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "queue.sqlite")
-    yield s
-    s.close()
-
-
 def run_once(store: Store, gateway, risk: RiskConfig = ALWAYS, advance: float = 0.0) -> Runner:
     """Run a runner until nothing is waiting or in flight. With ``advance``, move the
     gateway's clock on in steps of that many seconds meanwhile (limit orders fill later)."""

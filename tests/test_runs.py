@@ -10,7 +10,6 @@ import pytest
 
 from qdibkr.cli import main
 from qdibkr.runs import run_notebook
-from qdibkr.store import Store
 from tests.notebook_files import outputs, write_notebook
 
 EMIT = """
@@ -19,13 +18,6 @@ from qdibkr.runs import signal_key
 for symbol, quantity in orders:
     emit("open_long", symbol, quantity, strategy=strategy, key=signal_key(symbol))
 """
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "queue.sqlite")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import pytest
 from qdibkr.cli import main
 from qdibkr.errors import InputError
 from qdibkr.schedule import JobBusy, Scheduler, load_job, load_jobs
-from qdibkr.store import Store
 from tests.notebook_files import write_notebook
 
 NY, HK = ZoneInfo("America/New_York"), ZoneInfo("Asia/Hong_Kong")
@@ -20,13 +19,6 @@ NY, HK = ZoneInfo("America/New_York"), ZoneInfo("Asia/Hong_Kong")
 
 def at(zone, *fields) -> dt.datetime:
     return dt.datetime(*fields, tzinfo=zone)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "queue.sqlite")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -19,13 +19,6 @@ TIMEOUT = 15.0
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "queue.sqlite")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def session(gateway, store):
     return Session(store=store, host="127.0.0.1", port=gateway.port, client_id=5)
 
