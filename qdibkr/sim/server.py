@@ -94,11 +94,13 @@ class Session(asyncio.Protocol):
 
     # ------------------------------------------------------------ transport
     def connection_made(self, transport):
+        self.gateway.connections.add(self)
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
 
     def connection_lost(self, exc):
+        self.gateway.connections.discard(self)
         self.gateway.forget(self)
         log.info("client %s (%s) disconnected", self.client_id, self.peer)
 
@@ -571,7 +573,8 @@ class SimGateway:
         self.tick_interval = tick_interval
         self.max_clients = max_clients
         self.max_rate = max_rate
-        self.sessions: dict[int, Session] = {}
+        self.sessions: dict[int, Session] = {}  # by client id, once the API has started
+        self.connections: set[Session] = set()  # every open connection
         self.historical_pacing = HistoricalPacing()
         self._server = None
         self._loop = None
@@ -607,8 +610,14 @@ class SimGateway:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server:
             self._server.close()
-        for session in list(self.sessions.values()):
-            session.transport.close()
+        for session in list(self.connections):
+            session.transport.abort()
+        # A transport closes its socket in a callback on the next loop iteration: let those
+        # run, or a client would be left on a half-open connection that never ends.
+        for _ in range(100):
+            if not self.connections:
+                break
+            await asyncio.sleep(0)
         self.save()
 
     def start_in_thread(self) -> "SimGateway":
