@@ -19,6 +19,7 @@ all orders today); a strategy's limits to its own. Any breach of either stops
 the order, with the reason stored on the signal.
 """
 
+import datetime as dt
 from dataclasses import dataclass, fields
 
 from .errors import InputError
@@ -112,3 +113,26 @@ def breach(limits: Limits, order: Proposal, scope: str) -> str | None:
     if limits.max_orders_per_day is not None and order.orders_today >= limits.max_orders_per_day:
         return f"the {scope} max_orders_per_day of {limits.max_orders_per_day} has been reached"
     return None
+
+
+def start_of_day() -> float:
+    """Local midnight, where "orders per day" starts counting."""
+    return dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def breaches(risk: RiskConfig, strategy: str | None, symbol: str, action: str, quantity: int,
+             notional: float | None, position, orders_today) -> list[str]:
+    """Every limit an order breaks: the global ones, and its strategy's when it has one.
+
+    ``position(scope)`` and ``orders_today(scope)`` measure within a scope: a strategy's name,
+    or None for all strategies together."""
+    scopes = [("global", risk.limits, None)]
+    if strategy:
+        scopes.append((f"strategy {strategy!r}", risk.for_strategy(strategy), strategy))
+    reasons = []
+    for scope, limits, within in scopes:
+        reason = breach(limits, Proposal(symbol, action, quantity, notional, position(within),
+                                         orders_today(within)), scope)
+        if reason:
+            reasons.append(reason)
+    return reasons

@@ -34,7 +34,7 @@ from . import hours
 from .config import Settings, config_file, load_settings
 from .errors import ConnectError, ContractError, QdibkrError
 from .ibkr import IBKR
-from .risk import Proposal, RiskConfig, breach, load_risk
+from .risk import RiskConfig, breaches, load_risk, start_of_day
 from .signals import WAKE_PORT_KEY
 from .store import FINAL, Fill, Signal, Store
 
@@ -232,26 +232,19 @@ class Runner:
                          order_ref=signal.order_ref, order_id=order_id)
 
     async def _risk_breach(self, signal: Signal, quantity: int) -> str | None:
-        start_of_day = dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         positions = self.store.positions()
         notional = None
         if self.risk.needs_prices:
             price = signal.limit_price or await self.ibkr.price_async(signal.symbol, signal.market)
             currency = "HKD" if signal.market == "HShare" else "USD"
             notional = quantity * price * (1.0 if currency == "USD" else self.ibkr.rate_to_base(currency))
-        scopes = (
-            ("global", self.risk.limits, None),
-            (f"strategy {signal.strategy!r}", self.risk.for_strategy(signal.strategy), signal.strategy),
-        )
-        for scope, limits, strategy in scopes:
-            position = sum(p.quantity for p in positions
-                           if p.symbol == signal.symbol and strategy in (None, p.strategy))
-            proposal = Proposal(signal.symbol, signal.action, quantity, notional, position,
-                                self.store.orders_today(strategy, start_of_day))
-            reason = breach(limits, proposal, scope)
-            if reason:
-                return reason
-        return None
+        since = start_of_day()
+        reasons = breaches(
+            self.risk, signal.strategy, signal.symbol, signal.action, quantity, notional,
+            position=lambda within: sum(p.quantity for p in positions
+                                        if p.symbol == signal.symbol and within in (None, p.strategy)),
+            orders_today=lambda within: self.store.orders_today(within, since))
+        return reasons[0] if reasons else None
 
     def _refuse(self, signal: Signal, reason: str, action: str):
         status = "held" if action == "hold" else "rejected"

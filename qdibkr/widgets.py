@@ -37,7 +37,7 @@ from .display import cell
 from .errors import InputError, QdibkrError
 from .ibkr import IBKR
 from .live import projected
-from .risk import Proposal, breach, load_risk
+from .risk import breaches, load_risk, start_of_day
 from .signals import default_store, emit, wake_runner
 from .store import Store
 from .symbols import parse_symbol
@@ -389,18 +389,11 @@ class OrderTicket(widgets.VBox):
                 base = notional * (1.0 if currency == "USD" else ibkr.rate_to_base(currency))
             except QdibkrError:
                 base = None  # no exchange rate reported: notional limits cannot be judged
-        today = dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-        scopes = [("global", risk.limits, None)]
-        if self.route.value == "signal":
-            strategy = self.strategy.value.strip()
-            scopes.append((f"strategy {strategy!r}", risk.for_strategy(strategy), strategy))
-        problems = []
-        for scope, limits, strategy in scopes:
-            reason = breach(limits, Proposal(symbol, self.action, quantity, base, held,
-                                             store.orders_today(strategy, today)), scope)
-            if reason:
-                problems.append(f"risk limit: {reason}")
-        return problems
+        strategy = self.strategy.value.strip() if self.route.value == "signal" else None
+        since = start_of_day()
+        reasons = breaches(risk, strategy, symbol, self.action, quantity, base, position=lambda within: held,
+                           orders_today=lambda within: store.orders_today(within, since))
+        return [f"risk limit: {reason}" for reason in reasons]
 
     async def send_async(self):
         """Check, then send to TWS or queue for the runner; nothing is sent while a problem remains."""
