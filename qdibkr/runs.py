@@ -10,9 +10,9 @@ sent to the runner only if the whole notebook succeeded.
 A run:
 
 1. is recorded ``running`` in the queue database (table ``runs``);
-2. executes in a fresh ``python3`` kernel, in the notebook's folder, whose
-   environment names the run (``QDIBKR_RUN_ID``: whatever it emits is
-   ``staged``), the queue (``QDIBKR_DB``) and, for a scheduled run, the slot
+2. executes in a fresh ``python3`` kernel (started now, or ahead of a scheduled
+   slot: see ``kernels``), in the notebook's folder, whose environment names
+   the run (``QDIBKR_RUN_ID``: whatever it emits is ``staged``), the queue (``QDIBKR_DB``) and, for a scheduled run, the slot
    (``QDIBKR_RUN_KEY``, from which ``signal_key`` derives idempotency keys:
    job + slot + symbol, so a slot run twice emits nothing twice);
 3. is kept executed under ``runs/<strategy>/<UTC time>-<run id>.ipynb``
@@ -31,12 +31,12 @@ from pathlib import Path
 
 from .config import config_file
 from .errors import InputError
+from .kernels import KERNEL, Kernel, KernelDied
 from .signals import RUN_ID_ENV, default_store, wake_runner
 from .store import Run, Store
 
 RUN_KEY_ENV = "QDIBKR_RUN_KEY"
 RUNS_ENV = "QDIBKR_RUNS"
-KERNEL = "python3"
 
 
 def runs_dir() -> Path:
@@ -77,11 +77,13 @@ def strategy_of(notebook: Path, parameters: dict) -> str:
 
 def run_notebook(notebook, parameters: dict | None = None, *, job: str | None = None,
                  slot: dt.datetime | None = None, store: Store | None = None, output_dir=None,
-                 timeout: float | None = None, env: dict | None = None) -> Run:
+                 timeout: float | None = None, env: dict | None = None, kernel: Kernel | None = None) -> Run:
     """Execute ``notebook`` with ``parameters`` (see the module's notes) and return its record.
 
     A failing notebook does not raise: the record says ``failed`` and why. ``timeout`` bounds
-    each cell, in seconds (None: no limit); ``env`` adds variables to the kernel's environment."""
+    each cell, in seconds (None: no limit); ``env`` adds variables to the kernel's environment.
+    ``kernel``: one started ahead for this notebook (see ``kernels``), else a fresh one starts
+    now; either serves this run only."""
     notebook = Path(notebook)
     if not notebook.is_file():
         raise InputError("notebook", f"{notebook} is not a notebook file")
@@ -97,7 +99,8 @@ def run_notebook(notebook, parameters: dict | None = None, *, job: str | None = 
     if job and slot:
         env[RUN_KEY_ENV] = run_key(job, slot)
     try:
-        _execute(notebook, output, parameters, env, timeout)
+        kernel = _kernel_for_run(kernel, notebook, env)
+        _execute(notebook, output, parameters, kernel, timeout)
     except BaseException as e:  # the notebook's error, a dead kernel, a timeout, Ctrl-C: the run failed
         error = _describe(e)
         store.discard_run(run.id, f"notebook run {run.id[:8]} failed: {error}")
@@ -105,34 +108,33 @@ def run_notebook(notebook, parameters: dict | None = None, *, job: str | None = 
         if not isinstance(e, Exception):
             raise
         return failed
-    released = store.release_run(run.id)
-    wake_runner(store)
-    return store.finish_run(run.id, "succeeded", output_path=str(output), signals=released)
+    else:
+        released = store.release_run(run.id)
+        wake_runner(store)
+        return store.finish_run(run.id, "succeeded", output_path=str(output), signals=released)
+    finally:  # after the record: the runner has the signals while the kernel winds down
+        if kernel:
+            kernel.shutdown()
 
 
-def _execute(notebook: Path, output: Path, parameters: dict, env: dict, timeout: float | None):
+def _kernel_for_run(kernel: Kernel | None, notebook: Path, env: dict) -> Kernel:
+    """The kernel started ahead, told whose run this is; a fresh one if there is none or it died
+    while it waited."""
+    if kernel:
+        try:
+            kernel.set_environment(env)
+            return kernel
+        except KernelDied:
+            kernel.shutdown()
+    return Kernel.start(notebook, env)
+
+
+def _execute(notebook: Path, output: Path, parameters: dict, kernel: Kernel, timeout: float | None):
     import papermill
 
     papermill.execute_notebook(
         str(notebook), str(output), parameters=parameters, kernel_name=KERNEL, language="python",
-        cwd=str(notebook.parent.resolve()), progress_bar=False, execution_timeout=timeout,
-        kernel_manager_class=_kernel_manager(env))
-
-
-def _kernel_manager(env: dict) -> type:
-    """A kernel manager class whose kernels start with ``env`` added to this process's environment
-    (os.environ itself is left alone: other runs may be starting in other threads), over an
-    encrypted connection where jupyter_client and pyzmq can provide one."""
-    import zmq
-    from jupyter_client.manager import AsyncKernelManager
-
-    class RunKernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw):
-            if self.has_trait("transport_encryption") and zmq.has("curve"):
-                kw["transport_encryption"] = "auto"
-            return await super().start_kernel(env={**os.environ, **env}, **kw)
-
-    return RunKernelManager
+        progress_bar=False, execution_timeout=timeout, km=kernel.manager)
 
 
 def _describe(error: Exception) -> str:

@@ -17,6 +17,10 @@ Instead of ``cron``, ``at = "close-10m"`` (or ``"open"``, ``"open+30m"``,
 ``"close+1h"``) runs relative to each session's open or close, early closes
 included (the Hong Kong open is the morning's, its close the afternoon's).
 
+``Scheduler.serve()`` starts each job's kernel ``warm_ahead`` seconds (default
+60) before its next slot, with the notebook's modules imported, so the run at
+the slot begins at the notebook's first line (see ``kernels``).
+
 ``Scheduler.tick(now)`` starts, each in its own thread, every job whose latest
 slot at ``now`` has not been handled (run or passed over). Only the latest slot
 counts: after any gap a job runs once, late (``missed = "run"``) or not at all
@@ -35,6 +39,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +50,7 @@ import pandas as pd
 
 from .errors import InputError, QdibkrError
 from .hours import load_calendar, quiet
+from .kernels import Kernel
 from .runs import run_notebook, strategy_of
 from .store import Run, Store
 
@@ -52,6 +58,7 @@ log = logging.getLogger("qdibkr.schedule")
 
 MISSED = ("skip", "run")
 MAX_WAIT = 60.0  # seconds the scheduler sleeps at most between looks at the clock
+WARM_AHEAD = 60.0  # seconds before a slot that its kernel starts
 _AT = re.compile(r"^(open|close)\s*(?:([+-])\s*(\d+)\s*([smh]))?$")
 _SPAN = re.compile(r"^\s*(\d+)\s*([smh])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
@@ -225,16 +232,21 @@ def job_lock(store: Store, job: Job):
 
 
 class Scheduler:
-    """Runs due jobs; see the module's notes. ``clock`` (aware datetimes) is replaceable for tests."""
+    """Runs due jobs; see the module's notes. ``clock`` (aware datetimes) is replaceable for tests;
+    ``warm_ahead`` 0 starts every run's kernel at its slot."""
 
-    def __init__(self, jobs: list[Job], store: Store, *, output_dir=None, clock=None):
+    def __init__(self, jobs: list[Job], store: Store, *, output_dir=None, clock=None,
+                 warm_ahead: float = WARM_AHEAD):
         self.jobs = {job.name: job for job in jobs}
         self.store = store
         self.output_dir = output_dir
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.warm_ahead = warm_ahead
         self.wake = threading.Event()  # set when a run ends, or to stop
         self.stopping = False
         self._running: dict[str, threading.Thread] = {}
+        self._warm: dict[str, tuple[dt.datetime, Future]] = {}  # job -> (slot, its kernel, starting)
+        self._warmer = ThreadPoolExecutor(thread_name_prefix="warm-kernel")
 
     def job(self, name: str) -> Job:
         if name not in self.jobs:
@@ -292,9 +304,43 @@ class Scheduler:
                 return None
             log.info("job %s: running %s for %s", job.name, job.notebook, slot.isoformat())
             run = run_notebook(job.notebook, job.parameters, job=job.name, slot=slot, store=self.store,
-                               output_dir=self.output_dir)
+                               output_dir=self.output_dir, kernel=self._warm_kernel(job, slot))
             log.info("job %s: %s in %.1f s (%s)", job.name, run.status, run.duration, run.error or run.output_path)
             return run
+
+    def warm(self, job: Job, slot: dt.datetime) -> Future:
+        """Start, in the background, the kernel for ``job``'s run at ``slot`` (once per slot); the
+        run at that slot takes it. A kernel still waiting for an earlier slot is shut down."""
+        if job.name in self._warm and self._warm[job.name][0] == slot:
+            return self._warm[job.name][1]
+        self._drop_warm(job.name)
+        future = self._warmer.submit(Kernel.start, job.notebook, preload=True)
+        self._warm[job.name] = (slot, future)
+        return future
+
+    def _warm_kernel(self, job: Job, slot: dt.datetime) -> Kernel | None:
+        """The kernel warmed for this slot, waiting for it if it is still starting; None if there is
+        none or it failed to start (the run then starts its own)."""
+        warm_slot, future = self._warm.get(job.name, (None, None))
+        if warm_slot != slot:
+            self._drop_warm(job.name)  # warmed for a slot that passed without a run here
+            return None
+        del self._warm[job.name]
+        try:
+            return future.result()
+        except Exception:
+            log.exception("job %s: the kernel warmed for %s failed to start", job.name, slot.isoformat())
+            return None
+
+    def _drop_warm(self, name: str):
+        """Shut down the kernel warmed for job ``name``, once it has started, if there is one."""
+        def shut_down(future: Future):
+            if future.exception() is None:
+                future.result().shutdown()
+
+        _, future = self._warm.pop(name, (None, None))
+        if future:
+            future.add_done_callback(shut_down)
 
     def skip(self, job: Job, slot: dt.datetime, reason: str) -> Run:
         log.info("job %s: slot %s skipped: %s", job.name, slot.isoformat(), reason)
@@ -305,14 +351,29 @@ class Scheduler:
                                     started_at=now, finished_at=now, error=reason)
 
     def serve(self):
-        """Run due jobs until ``stop()``: wakes at each job's next slot, and when a run ends."""
-        while not self.stopping:
-            self.wake.clear()
-            now = self.clock()
-            self.tick(now)
-            upcoming = [slot for job in self.jobs.values() if (slot := job.next_slot(now))]
-            wait = min([MAX_WAIT] + [(slot - now).total_seconds() for slot in upcoming])
-            self.wake.wait(max(wait, 0.0))
+        """Run due jobs until ``stop()``: wakes ``warm_ahead`` before each job's next slot to warm its
+        kernel, at the slot, and when a run ends."""
+        try:
+            while not self.stopping:
+                self.wake.clear()
+                now = self.clock()
+                self.tick(now)
+                wakes = [MAX_WAIT]
+                for job in self.jobs.values():
+                    slot = job.next_slot(now)
+                    if not slot:
+                        continue
+                    until = (slot - now).total_seconds()
+                    if until <= self.warm_ahead:
+                        if not self.running(job.name):  # its run takes the kernel of its own slot first
+                            self.warm(job, slot)
+                    else:
+                        wakes.append(until - self.warm_ahead)
+                    wakes.append(until)
+                self.wake.wait(max(min(wakes), 0.0))
+        finally:
+            for name in list(self._warm):
+                self._drop_warm(name)
 
     def stop(self):
         self.stopping = True

@@ -3,12 +3,14 @@
 import datetime as dt
 import json
 import os
+import signal
 import threading
 from pathlib import Path
 
 import pytest
 
 from qdibkr.cli import main
+from qdibkr.kernels import Kernel
 from qdibkr.runs import run_notebook
 from tests.notebook_files import outputs, write_notebook
 
@@ -96,3 +98,41 @@ def test_qdibkr_run(store, emitter, tmp_path, capsys):
     assert main(args[:6] + ["-p", "fail", "true"]) == 1
     captured = capsys.readouterr()
     assert ": failed in" in captured.out and "none of its signals will trade: RuntimeError: half way" in captured.err
+
+
+# ------------------------------------------------------------------ kernels started ahead
+@pytest.fixture
+def probe(tmp_path) -> Path:
+    """A notebook that emits an order and prints whether ``colorsys`` (imported by its last cell, and
+    by nothing else) was loaded before that cell and whether its name was bound, and the kernel's pid."""
+    return write_notebook(tmp_path / "probe.ipynb", 'strategy = "nb"\norders = [["AAPL", 5]]', EMIT,
+                          "import os, sys\nprint('colorsys' in sys.modules, 'colorsys' in globals(), os.getpid())",
+                          "import colorsys")
+
+
+def printed(path) -> list[str]:
+    return [o["text"].split() for o in outputs(path, "stream")][-1]
+
+
+def test_a_kernel_started_ahead_has_the_notebooks_modules_and_an_empty_namespace(store, probe, tmp_path):
+    kernel = Kernel.start(probe, preload=True)
+    pid = kernel.manager.provisioner.pid
+    run = run_notebook(probe, {}, store=store, output_dir=tmp_path / "runs", kernel=kernel)
+    assert run.status == "succeeded", run.error
+    assert printed(run.output_path) == ["True", "False", str(pid)]  # loaded, yet not bound: the run's own
+    [signal] = store.signals(run_id=run.id)  # the kernel learnt its run id at the run, not at its start
+    assert signal.status == "pending" and run.signals == 1
+    assert not kernel.alive()  # a kernel serves one run
+
+    cold = run_notebook(probe, {}, store=store, output_dir=tmp_path / "runs")
+    assert printed(cold.output_path)[:2] == ["False", "False"]
+
+
+def test_a_kernel_that_died_while_it_waited_is_replaced(store, probe, tmp_path):
+    kernel = Kernel.start(probe, preload=True)
+    pid = kernel.manager.provisioner.pid
+    os.kill(pid, signal.SIGKILL)
+    run = run_notebook(probe, {}, store=store, output_dir=tmp_path / "runs", kernel=kernel)
+    assert run.status == "succeeded", run.error
+    assert printed(run.output_path)[2] != str(pid)
+    assert [s.status for s in store.signals(run_id=run.id)] == ["pending"]

@@ -12,7 +12,7 @@ import pytest
 from qdibkr.cli import main
 from qdibkr.errors import InputError
 from qdibkr.schedule import JobBusy, Scheduler, load_job, load_jobs
-from tests.notebook_files import write_notebook
+from tests.notebook_files import outputs, write_notebook
 
 NY, HK = ZoneInfo("America/New_York"), ZoneInfo("Asia/Hong_Kong")
 
@@ -172,6 +172,46 @@ def test_serve_wakes_at_the_slot(folder, store, tmp_path):
     assert (first.status, second.status) == ("skipped", "succeeded")
     assert second.slot - first.slot == 60
     assert second.started_at + offset.total_seconds() - second.slot < 2  # started on time, by the moved clock
+
+
+def test_serve_starts_the_kernel_ahead_and_the_run_at_the_slot_takes_it(tmp_path, store):
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    write_notebook(tmp_path / "pid.ipynb", 'strategy = "pid"', "import os\nprint(os.getpid())")
+    (folder / "ahead.toml").write_text('notebook = "../pid.ipynb"\ncron = "* * * * *"\ngrace = "30s"\n')
+    offset = dt.timedelta()
+
+    def clock():  # the real clock, moved so that the next minute starts 2 s from now
+        return dt.datetime.now(dt.timezone.utc) + offset
+
+    now = clock()
+    offset = dt.timedelta(seconds=60 - now.second - now.microsecond / 1e6 - 2)
+    warmed, ran = [], threading.Event()
+
+    class Watched(Scheduler):
+        def warm(self, job, slot):
+            kernel = super().warm(job, slot)
+            warmed.append((slot, kernel))
+            return kernel
+
+        def run(self, job, slot):
+            try:
+                return super().run(job, slot)
+            finally:
+                ran.set()
+
+    scheduler = Watched(load_jobs(folder), store, output_dir=tmp_path / "runs", clock=clock, warm_ahead=30)
+    serving = threading.Thread(target=scheduler.serve, daemon=True)
+    serving.start()
+    assert ran.wait(60)
+    scheduler.stop()
+    serving.join(10)
+    [(slot, kernel)] = warmed[:1]
+    [*_, done] = store.runs("ahead")
+    assert (done.status, done.slot) == ("succeeded", slot.timestamp())
+    pid = kernel.result().manager.provisioner.pid
+    assert outputs(done.output_path, "stream")[0]["text"].strip() == str(pid)  # the run had the warm kernel
+    assert not kernel.result().alive()
 
 
 def test_qdibkr_schedule_list_and_run(folder, store, tmp_path, capsys):
