@@ -16,12 +16,21 @@ calendar spans, "N S|D|W|M|Y" seconds, days, weeks, months or years (IB's own
   from the end (``plan``).
 - Pacing: every request waits for its turn under IB's historical pacing rules
   (``Pacer``), so that normal use never meets error 162.
-- Cache: a Parquet file per symbol, bar size, data type and RTH setting, under
-  ``QDIBKR_CACHE`` (default ``~/.cache/qdibkr/bars``). It records which spans
-  it holds completely; a request reads those from the file and asks TWS only
-  for the rest, and what comes back is merged in. Only finished bars are kept:
-  a bar whose period has not ended at TWS's current time is returned, and asked
-  for again next time.
+- Cache: a Parquet file per data source, symbol, bar size, data type and RTH
+  setting, under ``QDIBKR_CACHE`` (default ``~/.cache/qdibkr/bars``), as
+  ``<source>/TRADES/1day/rth/AAPL.parquet``. It records which spans it holds
+  completely; a request reads those from the file and asks TWS only for the
+  rest, and what comes back is merged in. Only finished bars are kept: a bar
+  whose period has not ended at TWS's current time is returned, and asked for
+  again next time.
+- Data source: the connection says where its bars come from
+  (``IBKR.data_source``): ``ib`` for TWS and IB Gateway, ``simulated-seed<N>``
+  for qdibkr's simulated gateway, which reports its seed in an account value
+  no TWS sends. So the simulator's synthetic bars are never served as IB's
+  history (nor one seed's as another's), whoever calls ``fetch`` and whatever
+  port either listened on. Paper and live logins share the ``ib`` folder: IB
+  gives both the same market data. (Files of the older layout, with no source
+  folder, are not read: they may hold both kinds.)
 
 A bar's period is clock-aligned in the exchange's zone (an hour bar of a session
 opening at 09:30 is labelled 09:30 but belongs to 09:00-10:00; a daily bar's is
@@ -218,6 +227,7 @@ def pacer_for(ibkr: IBKR) -> Pacer:
 
 @dataclass(frozen=True)
 class CacheKey:
+    source: str  # IBKR.data_source: "ib", "simulated-seed0"
     symbol: str  # as displayed: "AAPL", "0700.HK"
     bar_size: str
     what_to_show: str
@@ -232,7 +242,8 @@ class Cache:
 
     def path(self, key: CacheKey) -> Path:
         hours = "rth" if key.use_rth else "all-hours"
-        return self.directory / key.what_to_show / key.bar_size.replace(" ", "") / hours / f"{key.symbol}.parquet"
+        return (self.directory / key.source / key.what_to_show / key.bar_size.replace(" ", "") / hours /
+                f"{key.symbol}.parquet")
 
     def load(self, key: CacheKey) -> tuple[pd.DataFrame | None, list[tuple[pd.Timestamp, pd.Timestamp]]]:
         path = self.path(key)
@@ -307,7 +318,7 @@ async def fetch_async(ibkr: IBKR, symbols, *, duration: str = "1 Y", end=None, b
     count, unit = parse_duration(duration)
     parsed = [parse_symbol(s) for s in symbols]
     now = pd.Timestamp((await ibkr.status_async()).server_time)  # TWS's clock (the simulator's may run ahead)
-    cache, pacer = Cache(cache_dir), pacer_for(ibkr)
+    cache, pacer, source = Cache(cache_dir), pacer_for(ibkr), ibkr.data_source
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     async def one(sym: Symbol, done: tqdm) -> pd.DataFrame:
@@ -317,7 +328,7 @@ async def fetch_async(ibkr: IBKR, symbols, *, duration: str = "1 Y", end=None, b
             asked = pd.Timestamp(end)
             stop = min(stop, asked.tz_localize(zone) if asked.tzinfo is None else asked.tz_convert(zone))
         start = period_ceil(before(stop, count, unit), bar_size)
-        key = CacheKey(sym.display, bar_size, what, use_rth)
+        key = CacheKey(source, sym.display, bar_size, what, use_rth)
         frame = await _fetch_one(ibkr, sym, key, start, stop, cache, pacer, slots)
         done.update()
         return frame

@@ -1,10 +1,11 @@
 """The ``qdibkr`` command line: a thin layer over the Python API.
 
 Every command that talks to TWS takes the same connection flags (``--host``,
-``--port``, ``--preset``, ``--client-id``, ``--account``, ``--live``) and
-prints a readable table, or JSON with ``--json``. Heavy imports (pandas, the
-simulator) happen inside the commands that need them, so that a quick
-``qdibkr quote AAPL`` starts as fast as a bare ib_insync script.
+``--port``, ``--preset``, ``--client-id``, ``--account``, ``--live``). Every
+command that prints a table prints JSON instead with ``--json``, and only
+those take it: a server or the runner has no table to replace. Heavy imports
+(pandas, the simulator) happen inside the commands that need them, so that a
+quick ``qdibkr quote AAPL`` starts as fast as a bare ib_insync script.
 """
 
 import argparse
@@ -373,7 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--client-id", type=int, help="API client id (default 1)")
         group.add_argument("--account", help="account id (default: the only managed account)")
         group.add_argument("--live", action="store_true", help="allow a live port or a non-paper account")
-        group.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return flags
 
     conn = connection_flags()
@@ -381,38 +381,40 @@ def build_parser() -> argparse.ArgumentParser:
     queue_db = argparse.ArgumentParser(add_help=False)
     queue_db.add_argument("--db", help="queue database (default: QDIBKR_DB, the config file, "
                                        "~/.local/share/qdibkr/queue.sqlite)")
+    output = argparse.ArgumentParser(add_help=False)  # for the commands that print a table, and only those
+    output.add_argument_group("output").add_argument("--json", action="store_true",
+                                                     help="print JSON instead of a table")
 
-    def command(name, func, help_text, connection=True):
-        """``connection``: the command takes the connection flags (True), none (False), or these (a parser)."""
-        flags = connection if isinstance(connection, argparse.ArgumentParser) else conn
-        parents = [flags, queue_db] if connection else [queue_db]
-        sub = commands.add_parser(name, help=help_text, description=help_text, parents=parents)
+    def command(name, func, help_text, *flags):
+        """A command taking ``flags``, the shared flags it has a use for (``conn``, ``output``), and --db."""
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[*flags, queue_db])
         sub.set_defaults(run=func)
         return sub
 
-    command("status", cmd_status, "connection status, server version and time")
-    command("account", cmd_account, "account summary: net liquidation, cash by currency, buying power, P&L")
-    positions = command("positions", cmd_positions, "positions with market value and unrealised P&L")
+    command("status", cmd_status, "connection status, server version and time", conn, output)
+    command("account", cmd_account, "account summary: net liquidation, cash by currency, buying power, P&L",
+            conn, output)
+    positions = command("positions", cmd_positions, "positions with market value and unrealised P&L", conn, output)
     positions.add_argument("--strategy", help="also show this strategy's positions from the queue's fills")
-    command("reconcile", cmd_reconcile, "strategy positions (queue) against IB's account positions")
-    command("orders", cmd_orders, "open orders of every client")
-    trades = command("trades", cmd_trades, "today's executions with commissions")
+    command("reconcile", cmd_reconcile, "strategy positions (queue) against IB's account positions", conn, output)
+    command("orders", cmd_orders, "open orders of every client", conn, output)
+    trades = command("trades", cmd_trades, "today's executions with commissions", conn, output)
     trades.add_argument("--strategy", help="this strategy's fills from the queue instead")
-    order = command("order", cmd_order, "place a market order, or a limit order with --limit")
+    order = command("order", cmd_order, "place a market order, or a limit order with --limit", conn, output)
     order.add_argument("side", choices=["buy", "sell"])
     order.add_argument("symbol", help="AAPL, BRK.B, 0700.HK, 00700 or 700")
     order.add_argument("quantity", type=quantity)
     order.add_argument("--limit", type=float, metavar="PRICE", help="limit price (default: market order)")
     order.add_argument("--tif", default="DAY", choices=["DAY", "GTC"], type=str.upper)
     order.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
-    cancel = command("cancel", cmd_cancel, "cancel an open order placed by this client id")
+    cancel = command("cancel", cmd_cancel, "cancel an open order placed by this client id", conn, output)
     cancel.add_argument("order_id", type=int)
-    quote = command("quote", cmd_quote, "bid, ask, last, close and volume; delayed when not subscribed")
+    quote = command("quote", cmd_quote, "bid, ask, last, close and volume; delayed when not subscribed", conn, output)
     quote.add_argument("symbols", nargs="+", metavar="SYMBOL")
     quote.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
     bars = command("bars", cmd_bars, "historical bars, fetched in pieces IB accepts, paced and cached locally "
                                      "(QDIBKR_CACHE, default ~/.cache/qdibkr/bars); times are exchange-local, "
-                                     "UTC when the symbols' time zones differ")
+                                     "UTC when the symbols' time zones differ", conn, output)
     bars.add_argument("symbols", nargs="+", metavar="SYMBOL")
     bars.add_argument("--duration", default="1 Y", help="calendar span up to now: N S|D|W|M|Y (default '1 Y')")
     bars.add_argument("--bar-size", default="1 day", help="an IB bar size: '1 secs' ... '1 min', '1 hour', '1 day', "
@@ -423,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="TRADES (default), MIDPOINT, BID, ASK or ADJUSTED_LAST")
     bars.add_argument("--out", metavar="FILE", help="write the bars to FILE.parquet or FILE.csv instead of printing")
 
-    signal = command("signal", cmd_signal, "queue a trading signal for the runner")
+    signal = command("signal", cmd_signal, "queue a trading signal for the runner", conn, output)
     signal.add_argument("signal_type", choices=["open_long", "add_long", "close_long", "reduce_long"])
     signal.add_argument("symbol")
     signal.add_argument("quantity", type=quantity, nargs="?", help="shares (close_long without it closes all)")
@@ -432,20 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     signal.add_argument("--tif", default="DAY", choices=["DAY", "GTC"], type=str.upper)
     signal.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
     signal.add_argument("--key", help="idempotency key: the same key queues one signal however often it is sent")
-    queue = command("queue", cmd_queue, "signals and their orders' status", connection=False)
+    queue = command("queue", cmd_queue, "signals and their orders' status", output)
     queue.add_argument("--strategy")
     queue.add_argument("--limit", type=int, default=50, help="the latest N signals (default 50)")
-    queue.add_argument("--json", action="store_true")
-    cancel_signal = command("cancel-signal", cmd_cancel_signal, "cancel a signal not yet filled", connection=False)
+    cancel_signal = command("cancel-signal", cmd_cancel_signal, "cancel a signal not yet filled")
     cancel_signal.add_argument("signal_id", help="its id, or the start of it as `qdibkr queue` shows")
-    halt = command("halt", cmd_halt, "kill switch: the runner sends nothing until resumed", connection=False)
+    halt = command("halt", cmd_halt, "kill switch: the runner sends nothing until resumed")
     halt.add_argument("--cancel-open", action="store_true", help="also cancel the runner's working orders")
     halt.add_argument("--reason", default="halted by the user")
-    command("resume", cmd_resume, "lift the kill switch", connection=False)
-    runner = command("runner", cmd_runner, "turn queued signals into orders (its own client id, default 90)")
+    command("resume", cmd_resume, "lift the kill switch")
+    runner = command("runner", cmd_runner, "turn queued signals into orders (its own client id, default 90)", conn)
     runner.add_argument("--once", action="store_true", help="exit when nothing is waiting or in flight")
     runner.add_argument("--wait", action="store_true", help="if another runner holds the queue, wait for it")
-    sim = command("sim", cmd_sim, "run the simulated TWS gateway (paper account, offline)", connection=False)
+    sim = command("sim", cmd_sim, "run the simulated TWS gateway (paper account, offline)")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     sim.add_argument("--port", type=int, default=PRESETS["tws-paper"], help="port (default 7497, TWS paper)")
     sim.add_argument("--state", metavar="FILE", help="JSON file that keeps accounts, orders and fills across restarts")
@@ -454,25 +455,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--live-data", default="US", metavar="MARKETS",
                      help="markets with a live data subscription, of US,HK (others get delayed data); default US")
     sim.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
-    command("demo", cmd_demo, "trade against the simulated gateway, end to end", connection=False)
-    run = command("run", cmd_run, "run a notebook with papermill; its signals trade only if it succeeds",
-                  connection=False)
+    command("demo", cmd_demo, "trade against the simulated gateway, end to end")
+    run = command("run", cmd_run, "run a notebook with papermill; its signals trade only if it succeeds")
     run.add_argument("notebook")
     run.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("NAME", "VALUE"),
                      help="a notebook parameter; VALUE is JSON where it parses (10, true, [\"AAPL\"]), else text")
     run.add_argument("--timeout", type=float, help="seconds each cell may take (default: no limit)")
     schedule = command("schedule", cmd_schedule, "run the notebooks of schedules/ on trading days; `schedule "
                                                  "list` shows each job's next run, `schedule run JOB` runs one now",
-                       connection=False)
+                       output)
     schedule.add_argument("action", nargs="?", choices=["list", "run"], help="default: run due jobs until stopped")
     schedule.add_argument("job", nargs="?", help="the job for `schedule run`")
     schedule.add_argument("--dir", help="the schedule files' folder (default: QDIBKR_SCHEDULES, else ./schedules)")
-    schedule.add_argument("--json", action="store_true")
     for sub in (run, schedule):
         sub.add_argument("--runs", metavar="DIR", help="where executed notebooks are kept (default: QDIBKR_RUNS, "
                                                        "the config file's [runs] dir, else ./runs)")
     serve = command("serve", cmd_serve, "the HTTP API (/api/ibkr/...; OpenAPI at /openapi.json), connecting "
-                                        "to TWS when POST /api/ibkr/connect asks", connection=connection_flags("tws-"))
+                                        "to TWS when POST /api/ibkr/connect asks", connection_flags("tws-"))
     serve.add_argument("--host", dest="listen_host", default="127.0.0.1",
                        help="address to listen on (default: loopback only; any other needs an API token)")
     serve.add_argument("--port", dest="listen_port", type=int, default=5000, help="port (default 5000)")

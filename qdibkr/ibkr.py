@@ -34,6 +34,9 @@ NOT_SUBSCRIBED = {354, 10089, 10168}
 EXCHANGE_ZONES = {US_STOCK: "America/New_York", HK_SHARE: "Asia/Hong_Kong"}  # bar times are exchange-local
 HISTORY_TIMEOUT = 60.0
 BAR_COLUMNS = ["open", "high", "low", "close", "volume", "wap", "count"]
+# qdibkr's simulated gateway reports its price model's seed as an account value under this tag, which no
+# TWS sends: how a client tells the simulator's synthetic data from IB's (``IBKR.data_source``).
+SIMULATOR_TAG = "QdibkrSimulatorSeed"
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,15 @@ class IBKR:
 
     def disconnect(self):
         self.ib.disconnect()
+
+    @property
+    def data_source(self) -> str:
+        """Where this connection's market data comes from, as a name to keep it under: "ib" for TWS and
+        IB Gateway (paper and live logins see the same market data), "simulated-seed<N>" for qdibkr's
+        simulated gateway (its prices depend on nothing but the seed). ib_insync has the account values,
+        which carry the simulator's tag, before ``connect`` returns."""
+        seed = next((v.value for v in self.ib.accountValues() if v.tag == SIMULATOR_TAG), None)
+        return "ib" if seed is None else f"simulated-seed{int(seed)}"  # int: it names a folder
 
     async def status_async(self) -> Status:
         s = self.settings

@@ -9,26 +9,20 @@ in the kernel) and the board lots their sizing needs.
     board_lots(ibkr, ["0700.HK", "AAPL"])   # {"0700.HK": 100, "AAPL": 1}
 """
 
-import os
-from pathlib import Path
-
 from .ibkr import IBKR
 from .signals import board_lot, default_store
 from .symbols import parse_symbol
 
-CACHE_ENV = "QDIBKR_CACHE"
 _gateways = []  # simulated gateways started in this kernel: they serve until it ends
 
 
 def gateway_port(port: int | None) -> int | None:
-    """``port``, except that 0 starts a simulated gateway in this process and gives its port.
-    Bars fetched from it are then cached apart from TWS's (in a ``simulated`` folder of the cache)."""
+    """``port``, except that 0 starts a simulated gateway in this process and gives its port. (Its bars
+    are cached apart from TWS's by ``qdibkr.bars`` itself, as any simulated gateway's are.)"""
     if port != 0:
         return port
-    from .bars import DEFAULT_CACHE
     from .sim import SimGateway
 
-    os.environ[CACHE_ENV] = str(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "simulated")
     gateway = SimGateway(port=0).start_in_thread()
     _gateways.append(gateway)
     print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (paper account DU1234567, offline)")

@@ -8,6 +8,8 @@ import pytest
 from qdibkr import PacingError, TWSError
 from qdibkr.bars import Cache, CacheKey, Pacer, fetch, period_start
 from qdibkr.cli import main
+from qdibkr.ibkr import IBKR, SIMULATOR_TAG
+from qdibkr.sim import SimGateway
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ def test_second_fetch_of_a_range_costs_no_request_and_a_longer_one_only_the_rest
 def test_the_bar_still_forming_is_returned_but_not_cached(ibkr, gateway, tmp_path):
     fetch(ibkr, "AAPL", duration="1 M", cache_dir=tmp_path)
     now = pd.Timestamp(ibkr.status().server_time).tz_convert("America/New_York")
-    cached, coverage = Cache(tmp_path).load(CacheKey("AAPL", "1 day", "TRADES", True))
+    cached, coverage = Cache(tmp_path).load(CacheKey(ibkr.data_source, "AAPL", "1 day", "TRADES", True))
     today = period_start(now, "1 day")
     assert cached.index.max() < today and coverage[-1][1] == today
 
@@ -123,6 +125,49 @@ def test_the_bar_still_forming_is_returned_but_not_cached(ibkr, gateway, tmp_pat
     bars = fetch(ibkr, "AAPL", duration="1 M", cache_dir=tmp_path)["AAPL"]
     assert len(requests_made(gateway)) == before + 1
     assert bars.index.is_unique and bars.index.max() <= today
+
+
+def test_a_connection_says_whether_its_data_is_simulated_and_from_which_seed(ibkr):
+    assert ibkr.data_source == "simulated-seed0"
+    other = SimGateway(port=0, seed=7).start_in_thread()
+    try:
+        with IBKR(port=other.port) as session:
+            assert session.data_source == "simulated-seed7"  # other prices: another folder
+    finally:
+        other.stop()
+
+
+def test_tws_on_the_simulators_port_is_not_served_the_simulators_cached_bars(tmp_path, monkeypatch):
+    """Bars fetched from the simulated gateway, then from TWS on the same port with the same cache.
+    TWS is played by a simulator with another seed (other prices) that leaves out the account value
+    only the simulator sends: on the wire, that is all that tells TWS from the simulator."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("QDIBKR_CACHE", str(cache))
+
+    def fetched(port: int) -> pd.DataFrame:  # a range long past: all of it is cached after one fetch
+        with IBKR(port=port) as session:
+            return fetch(session, "AAPL", end="2025-06-02", duration="1 M")["AAPL"]
+
+    sim = SimGateway(port=0).start_in_thread()
+    try:
+        simulated = fetched(sim.port)
+    finally:
+        sim.stop()
+    tws = SimGateway(port=sim.port, seed=7)
+    sim_values = tws.broker.account_values
+    monkeypatch.setattr(tws.broker, "account_values",
+                        lambda account: [row for row in sim_values(account) if row[0] != SIMULATOR_TAG])
+    tws.start_in_thread()
+    try:
+        real = fetched(tws.port)
+        assert len(requests_made(tws)) == 1  # TWS was asked: the simulator's bars did not answer for it
+    finally:
+        tws.stop()
+
+    pd.testing.assert_index_equal(real.index, simulated.index)
+    assert (real["close"] != simulated["close"]).all()
+    assert {p.relative_to(cache).as_posix() for p in cache.rglob("*.parquet")} == {
+        "simulated-seed0/TRADES/1day/rth/AAPL.parquet", "ib/TRADES/1day/rth/AAPL.parquet"}
 
 
 # ---------------------------------------------------------------- the command line
@@ -135,6 +180,7 @@ def test_cli_writes_bars_of_several_symbols_to_parquet_and_prints_json(gateway, 
     assert set(rows["symbol"]) == {"AAPL", "0700.HK"}
     assert str(rows["time"].dt.tz) == "UTC"  # two time zones in one column
     assert "bars of 2 symbols written to" in capsys.readouterr().err
+    assert (tmp_path / "cache/simulated-seed0/TRADES/1day/rth/0700.HK.parquet").exists()  # the source's folder
 
     assert main(["bars", "SPY", "--port", port, "--duration", "1 M", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from qdibkr.cli import main
+from qdibkr.cli import build_parser, main
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -80,6 +80,33 @@ def test_bad_quantity_is_refused_by_the_parser(cli):
     with pytest.raises(SystemExit) as e:
         cli("order", "buy", "AAPL", "1.5")
     assert e.value.code == 2
+
+
+# The commands that print a table, with the arguments each needs besides --json.
+TABLE_COMMANDS = {"status": [], "account": [], "positions": [], "reconcile": [], "orders": [], "trades": [],
+                  "order": ["buy", "AAPL", "1"], "cancel": ["1"], "quote": ["AAPL"], "bars": ["AAPL"],
+                  "signal": ["open_long", "AAPL", "1", "--strategy", "s"], "queue": [], "schedule": ["list"]}
+
+
+def help_of(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["serve", "runner", "sim"])
+def test_commands_without_a_table_do_not_offer_json(capsys, command):
+    assert "--json" not in help_of(capsys, command)
+    with pytest.raises(SystemExit) as e:
+        main([command, "--json"])
+    assert e.value.code == 2 and "unrecognized arguments: --json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", TABLE_COMMANDS)
+def test_commands_that_print_a_table_offer_json(capsys, command):
+    assert "print JSON instead of a table" in help_of(capsys, command)
+    assert build_parser().parse_args([command, *TABLE_COMMANDS[command], "--json"]).json
 
 
 def test_fresh_processes_as_the_readme_shows(tmp_path):

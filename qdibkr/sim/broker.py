@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 from ..commissions import commission
+from ..ibkr import SIMULATOR_TAG
 from . import catalogue
 from .catalogue import Listing
 from .market import PriceModel
@@ -466,6 +467,7 @@ class Broker:
         rows += [
             ("AccountCode", account_id, ""),
             ("AccountType", "INDIVIDUAL", ""),
+            (SIMULATOR_TAG, str(self.model.seed), ""),  # says "simulated data, from this seed" to clients
             ("Currency", "USD", "USD"),
             ("Currency", "HKD", "HKD"),
             ("Currency", "BASE", "BASE"),
