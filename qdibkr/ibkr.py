@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
+import nest_asyncio2
 from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, util
 
 from .config import PRESET_LIST, Settings, load_settings
@@ -123,6 +124,29 @@ async def until(ib: IB, condition, timeout: float) -> bool:
         ib.updateEvent -= on_update
 
 
+def make_reentrant(loop: asyncio.AbstractEventLoop):
+    """Let blocking code run ``loop``, which is already running (Jupyter's), until its coroutine is done.
+
+    With nest_asyncio2, the maintained fork of nest_asyncio (what ib_insync's ``util.patchAsyncio``
+    applies), because of how ipykernel 7 handles requests: each one reaching the kernel's shell channel
+    (a cell's execute_request, a widget's comm message, a completion) gets a task created in one
+    contextvars.Context that all of them share. A cell's code runs inside a step of such a task, so that
+    Context stays entered while a blocking call in the cell runs the loop nested. nest_asyncio runs
+    every ready handle, so when another request arrives meanwhile (JupyterLab's Run All sends every cell
+    at once; a widget is clicked), the first step of its task enters the same Context again, which
+    Python refuses: "RuntimeError: cannot enter context: <_contextvars.Context ...> is already entered".
+    That request is dropped: a cell that never runs, a kernel that never goes idle. nest_asyncio2 holds
+    back the handles whose Context is entered until the nested run ends, so those requests are handled
+    after the call, as after any blocking cell, while the rest (ib_insync's socket, the widgets'
+    updates) runs meanwhile.
+    """
+    if hasattr(loop, "_nest_patched") and not hasattr(loop, "_nest_asyncio2"):
+        # Patched by nest_asyncio already, as by ib_insync's util.startLoop(), which its docs tell notebook
+        # users to call: nest_asyncio2 leaves a loop carrying that mark alone, so take it off first.
+        del type(loop)._nest_patched
+    nest_asyncio2.apply(loop)
+
+
 def frame(rows: list[dict], columns: list[str]):
     """A pandas DataFrame of ``rows``. pandas is imported here, on first use, because
     it costs more start-up time than a whole ``qdibkr quote`` otherwise needs."""
@@ -177,7 +201,7 @@ class IBKR:
             loop = policy.new_event_loop()
             policy.set_event_loop(loop)
         if loop.is_running():
-            util.patchAsyncio()
+            make_reentrant(loop)
         return util.run(coro)
 
     async def _request(self, kind: str, request):
