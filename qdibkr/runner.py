@@ -18,6 +18,13 @@ started again neither loses a signal nor sends one twice.
 Fills, positions and trades are recorded from TWS's events only (commission
 reports, which carry the execution), never from what was asked. ib_insync
 throttles sending to 45 messages a second, under IB's 50.
+
+A heartbeat watches the connection, because TWS can vanish without closing it
+(the machine sleeps, a NAT forgets the flow, the process freezes): the socket
+stays "connected" and the runner would wait for ever. Any message from TWS
+proves it alive; after ``heartbeat_interval`` seconds of silence the runner
+asks it the time, and if nothing arrives within ``heartbeat_timeout`` it drops
+the connection and reconnects, reconciling as after any reconnect.
 """
 
 import asyncio
@@ -29,11 +36,12 @@ import os
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from . import hours
 from .config import Settings, config_file, load_settings
-from .errors import ConnectError, ContractError, QdibkrError
-from .ibkr import IBKR
+from .errors import ConnectError, ContractError, InputError, QdibkrError
+from .ibkr import IBKR, until
 from .risk import RiskConfig, breaches, load_risk, start_of_day
 from .signals import WAKE_PORT_KEY
 from .store import FINAL, Fill, Signal, Store
@@ -71,6 +79,32 @@ class RunnerBusy(QdibkrError):
     """Another runner holds this queue."""
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """When the runner probes a silent TWS, and how long it waits for a sign of life.
+
+    Configured in the config file's ``[runner]`` section as ``heartbeat_interval``
+    and ``heartbeat_timeout`` (seconds). A dead connection is noticed at most
+    interval + timeout after TWS last sent anything."""
+
+    interval: float = 10.0  # seconds without a message from TWS before the runner asks it something
+    timeout: float = 5.0  # seconds to wait for any message after asking, before the connection counts as dead
+
+
+def load_heartbeat(config: dict) -> Heartbeat:
+    """The heartbeat settings of a parsed config file's ``[runner]`` section; defaults for those missing."""
+    section = config.get("runner", {})
+    values = {}
+    for name in ("interval", "timeout"):
+        key = f"heartbeat_{name}"
+        if key in section:
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InputError(f"runner.{key}", f"{value!r} must be a number of seconds > 0")
+            values[name] = float(value)
+    return Heartbeat(**values)
+
+
 def runner_settings(**overrides) -> Settings:
     """Connection settings for the runner: the user's, with the runner's own client id by default."""
     overrides.setdefault("client_id", os.environ.get("QDIBKR_RUNNER_CLIENT_ID") or
@@ -87,17 +121,21 @@ class _Wakeup(asyncio.DatagramProtocol):
 
 
 class Runner:
-    def __init__(self, store: Store, settings: Settings | None = None, risk: RiskConfig | None = None):
+    def __init__(self, store: Store, settings: Settings | None = None, risk: RiskConfig | None = None,
+                 heartbeat: Heartbeat | None = None):
         self.store = store
         self.ibkr = IBKR(settings or runner_settings())
         self.risk = risk if risk is not None else load_risk(config_file())
+        self.heartbeat = heartbeat if heartbeat is not None else load_heartbeat(config_file())
         self.wake = asyncio.Event()
         self.stopping = False
         self._cancels_sent: set[str] = set()
+        self._last_heard = time.monotonic()  # when TWS last sent anything; see _heartbeat
         ib = self.ibkr.ib
         ib.orderStatusEvent += _logged(self._on_status)
         ib.commissionReportEvent += _logged(self._on_commission)
         ib.disconnectedEvent += self.wake.set
+        ib.updateEvent += self._heard  # ib_insync emits it after each batch of incoming messages
 
     # ------------------------------------------------------------ lifecycle
     @contextmanager
@@ -124,16 +162,9 @@ class Runner:
             self.store.set(WAKE_PORT_KEY, str(transport.get_extra_info("sockname")[1]))
             try:
                 while not self.stopping:
-                    if not self.ibkr.ib.isConnected():
-                        await self.connect()
-                    self.wake.clear()
-                    await self.work()
-                    if once and self.idle():
+                    await self.connect()
+                    if await self._serve_while_alive(once):
                         break
-                    try:
-                        await asyncio.wait_for(self.wake.wait(), SAFETY_POLL)
-                    except asyncio.TimeoutError:
-                        pass
             finally:
                 self.store.set(WAKE_PORT_KEY, None)
                 transport.close()
@@ -149,7 +180,7 @@ class Runner:
         return not self.store.signals(statuses=waiting)
 
     async def connect(self):
-        """Connect (retrying with backoff while TWS is away), then reconcile before sending anything."""
+        """Connect, retrying with backoff while TWS is away."""
         for attempt in range(1_000_000):
             try:
                 await self.ibkr.connect_async()
@@ -159,7 +190,70 @@ class Runner:
                 log.warning("runner cannot connect (%s); retrying in %g s", e, delay)
                 await asyncio.sleep(delay)
         log.info("runner connected as client %d; reconciling", self.ibkr.settings.client_id)
+
+    async def _serve_while_alive(self, once: bool) -> bool:
+        """Serve the connection while the heartbeat watches it. If TWS stops answering, the serving is
+        cancelled and the connection dropped, and this returns False: the caller reconnects.
+
+        Cancelling is safe at any of the serving's awaits: a signal's state changes only between them
+        (``send`` records ``submitting`` and sends without awaiting), and the reconcile after the
+        reconnect settles whatever was sent into the silence."""
+        serving = asyncio.ensure_future(self._serve(once))
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        try:
+            await asyncio.wait({serving, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            serving.cancel()  # no effect on a task already finished
+            heartbeat.cancel()
+            await asyncio.wait({serving, heartbeat})
+        if not serving.cancelled():
+            return serving.result()
+        heartbeat.result()  # a failure of the heartbeat itself is raised, not taken for a dead TWS
+        self.ibkr.disconnect()
+        # ib_insync forgets a session's orders and fills when its socket is lost, but not on an explicit
+        # disconnect. Forget them here too: an order sent into the silence would otherwise look known
+        # to the reconcile (as ib_insync's own PendingSubmit copy) although TWS may never have got it.
+        self.ibkr.ib.wrapper.reset()
+        return False
+
+    async def _serve(self, once: bool) -> bool:
+        """Reconcile, then send as signals arrive until the connection ends or the runner is stopped
+        (False), or, with ``once``, until nothing is waiting to be sent or in flight (True)."""
         await self.reconcile()
+        while self.ibkr.ib.isConnected() and not self.stopping:
+            self.wake.clear()
+            await self.work()
+            if once and self.idle():
+                return True
+            try:
+                await asyncio.wait_for(self.wake.wait(), SAFETY_POLL)
+            except asyncio.TimeoutError:
+                pass
+        return False
+
+    def _heard(self):
+        self._last_heard = time.monotonic()
+
+    async def _heartbeat(self):
+        """Return when the connection is gone: closed, or silent for ``interval`` and then still
+        silent ``timeout`` after a probe. Any message from TWS counts as an answer, so a busy
+        connection is never probed, and a probe that waits behind a burst of requests (ib_insync
+        paces sending) is not needed while TWS answers the burst."""
+        ib, beat = self.ibkr.ib, self.heartbeat
+        while ib.isConnected():
+            silent = time.monotonic() - self._last_heard
+            if silent < beat.interval:
+                await asyncio.sleep(beat.interval - silent)
+                continue
+            probed = time.monotonic()
+            # ib_insync's Watchdog probes with a historical data request, which needs a data farm;
+            # the current time is the cheapest request there is, and TWS answers it by itself.
+            ib.client.reqCurrentTime()
+            if not await until(ib, lambda: self._last_heard > probed, beat.timeout):
+                log.warning("TWS sent nothing for %.1f s and did not answer within %g s: the connection is "
+                            "dead (TWS frozen, or the network dropped it); reconnecting",
+                            time.monotonic() - self._last_heard, beat.timeout)
+                return
 
     async def reconcile(self):
         """Adopt what TWS has for every signal that may have been sent; resend nothing it has."""

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+from contextlib import closing
 
 import pytest
 
@@ -219,5 +220,8 @@ def test_a_second_runner_is_refused(store, gateway):
     first = Runner(store, runner_settings(port=gateway.port), ALWAYS)
     with first.lock():
         second = Runner(store, runner_settings(port=gateway.port, client_id=91), ALWAYS)
-        with pytest.raises(RunnerBusy, match="another runner holds the queue"):
-            asyncio.run(second.run(once=True))
+        # On a loop of its own: asyncio.run would leave this thread without a current loop,
+        # which the ib_insync clients of later tests look up.
+        with closing(asyncio.new_event_loop()) as loop, \
+                pytest.raises(RunnerBusy, match="another runner holds the queue"):
+            loop.run_until_complete(second.run(once=True))

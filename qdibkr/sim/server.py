@@ -11,6 +11,11 @@ Run it with ``qdibkr sim`` or from Python::
     gateway = SimGateway(port=0).start_in_thread()   # port 0: any free port
     ...  # connect ib_insync to 127.0.0.1:gateway.port
     gateway.stop()
+
+``gateway.freeze()`` and ``gateway.thaw()`` suspend and resume it as a stopped
+process would be, leaving clients on half-open connections (for tests);
+``thaw(drop_connections=True)`` ends the outage as a network that forgot the
+connections would.
 """
 
 import asyncio
@@ -581,6 +586,9 @@ class SimGateway:
         self._thread = None
         self._tasks: set[asyncio.Task] = set()
         self._last_portfolio = 0.0
+        self._thawed = threading.Event()  # cleared while frozen: see freeze()
+        self._thawed.set()
+        self._drop_on_thaw = False
 
     # ------------------------------------------------------------ lifecycle
     async def start(self):
@@ -648,10 +656,45 @@ class SimGateway:
 
     def stop(self):
         """Stop a gateway started with ``start_in_thread``, saving state first."""
+        self.thaw()  # a frozen loop could not run the stop
         if self._thread and self._loop:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._thread = None
+
+    def freeze(self):
+        """Suspend a gateway started with ``start_in_thread`` as if its process were stopped (SIGSTOP),
+        until ``thaw()``: a half-open connection for its clients, as when TWS's machine sleeps or
+        its process hangs. Its loop blocks, so it reads, answers and sends nothing and no market
+        pass runs, while every socket stays open: clients see no close, the kernel still accepts
+        new connections and keeps what clients send. Returns once the loop is blocked."""
+        if not (self._thread and self._loop):
+            raise RuntimeError("freeze() needs a gateway started with start_in_thread(): it blocks the gateway's loop")
+        if not self._thawed.is_set():
+            return
+        self._thawed.clear()
+        blocked = threading.Event()
+
+        def block():
+            blocked.set()
+            self._thawed.wait()
+            if self._drop_on_thaw:  # before the loop reads anything
+                for session in list(self.connections):
+                    session.transport.abort()
+
+        self._loop.call_soon_threadsafe(block)
+        blocked.wait()
+
+    def thaw(self, drop_connections: bool = False):
+        """Resume a frozen gateway where it stopped: it then reads what clients sent meanwhile,
+        including the closes of those that gave up on it (unless, as could happen with TWS, it
+        first writes to one of those, whose reset discards what it had not read yet).
+
+        With ``drop_connections``, the connections open during the freeze are first aborted
+        unread, as when a NAT or firewall forgot them: what their clients sent into the outage
+        never arrives."""
+        self._drop_on_thaw = drop_connections
+        self._thawed.set()
 
     def advance(self, seconds: float):
         """Move simulated time forward and run a market pass (thread-safe)."""
