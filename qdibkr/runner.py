@@ -193,7 +193,8 @@ class Runner:
 
     async def _serve_while_alive(self, once: bool) -> bool:
         """Serve the connection while the heartbeat watches it. If TWS stops answering, the serving is
-        cancelled and the connection dropped, and this returns False: the caller reconnects.
+        cancelled and the connection dropped; if TWS closes it while the serving awaits an answer, the
+        serving ends with ConnectionError. Either way this returns False: the caller reconnects.
 
         Cancelling is safe at any of the serving's awaits: a signal's state changes only between them
         (``send`` records ``submitting`` and sends without awaiting), and the reconcile after the
@@ -206,9 +207,13 @@ class Runner:
             serving.cancel()  # no effect on a task already finished
             heartbeat.cancel()
             await asyncio.wait({serving, heartbeat})
-        if not serving.cancelled():
-            return serving.result()
-        heartbeat.result()  # a failure of the heartbeat itself is raised, not taken for a dead TWS
+        if serving.cancelled():
+            heartbeat.result()  # a failure of the heartbeat itself is raised, not taken for a dead TWS
+        else:
+            try:
+                return serving.result()
+            except ConnectionError as e:  # TWS closed the connection while the runner awaited an answer
+                log.warning("the connection to TWS ended during a request (%s); reconnecting", e)
         self.ibkr.disconnect()
         # ib_insync forgets a session's orders and fills when its socket is lost, but not on an explicit
         # disconnect. Forget them here too: an order sent into the silence would otherwise look known
@@ -372,7 +377,9 @@ class Runner:
         if status is None:
             return
         filled = _filled(trade)
-        changes = dict(status=status, order_id=trade.order.orderId, perm_id=trade.order.permId, filled=filled,
+        # A completed order that TWS reports (reqCompletedOrders) carries order id 0: keep the one sent.
+        changes = dict(status=status, order_id=trade.order.orderId or signal.order_id,
+                       perm_id=trade.order.permId or signal.perm_id, filled=filled,
                        avg_price=trade.orderStatus.avgFillPrice or signal.avg_price, reason=reason)
         if any(getattr(signal, k) != v for k, v in changes.items()):
             self.store.update_signal(signal.id, **changes)

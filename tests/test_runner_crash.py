@@ -36,6 +36,9 @@ def assert_exactly_once(store: Store, gateway: SimGateway):
     assert all(s.status == "filled" for s in signals), [(s.signal_type, s.status, s.reason) for s in signals
                                                        if s.status != "filled"]
     assert orders_at_gateway(gateway) == {s.order_ref: 1 for s in signals}
+    # Each signal names its order as TWS knows it, also when a reconcile adopted a completed one.
+    ids = {order.order_ref: (order.order_id, order.perm_id) for order in gateway.broker.orders.values()}
+    assert {s.order_ref: (s.order_id, s.perm_id) for s in signals} == ids
     executed = {}
     for ex in gateway.broker.executions:
         executed[ex.order_ref] = executed.get(ex.order_ref, 0) + ex.shares

@@ -167,3 +167,29 @@ def test_idle_connection_is_probed_and_a_busy_one_not_declared_dead(store, gatew
     assert orders_at_gateway(gateway) == {s.order_ref: 1 for s in store.signals()}
     print(f"\n{probes_idle} probes answered while idle; {answered.count(RUNNER_CLIENT_ID) - probes_idle} "
           f"during {busy_for:.2f} s of 80 orders")
+
+
+def test_a_connection_closed_while_the_runner_awaits_an_answer_is_reconnected(store, gateway, serve, caplog):
+    caplog.set_level(logging.INFO, logger="qdibkr.runner")
+    serving = serve(Heartbeat(interval=60, timeout=60))  # the close, not the heartbeat, must end it
+    first = emit("open_long", "AAPL", 10, strategy="close", store=store)
+    assert serving.when_filled(store, first.id).wait(WAIT)
+
+    ib, asked = serving.runner.ibkr.ib, threading.Event()
+    request_details = ib.reqContractDetailsAsync
+
+    def spied(contract):  # the real request, sent at once; the test learns that it went
+        answer = request_details(contract)
+        asked.set()
+        return answer
+
+    ib.reqContractDetailsAsync = spied
+    gateway.freeze()
+    asking = emit("open_long", "NVDA", 4, strategy="close", store=store)  # its contract is not known yet
+    assert asked.wait(WAIT)  # the runner now awaits NVDA's contract details
+    gateway.thaw(drop_connections=True)  # the gateway closes the connection without answering
+
+    assert serving.when_filled(store, asking.id).wait(WAIT)
+    assert serving.thread.is_alive() and serving.connections == 2
+    assert "the connection to TWS ended during a request" in caplog.text
+    assert orders_at_gateway(gateway) == {s.order_ref: 1 for s in store.signals()}
