@@ -314,6 +314,7 @@ class Scheduler:
         if job.name in self._warm and self._warm[job.name][0] == slot:
             return self._warm[job.name][1]
         self._drop_warm(job.name)
+        log.info("job %s: starting its kernel for the %s slot", job.name, slot.isoformat())
         future = self._warmer.submit(Kernel.start, job.notebook, preload=True)
         self._warm[job.name] = (slot, future)
         return future
