@@ -17,6 +17,7 @@ slot) is set at the slot, when it exists; modules read such variables when calle
 """
 
 import ast
+import functools
 import json
 import os
 import queue
@@ -73,6 +74,27 @@ del _qdibkr_preload
 """
 
 
+@functools.cache
+def _manager_class() -> type:
+    """jupyter_client's AsyncKernelManager, remembering the clients it hands out: papermill leaves
+    its client's channels open on a kernel it did not start, a dozen file descriptors a run that a
+    long-running scheduler would run out of. (Defined on first use: notebooks import this module,
+    through ``runs.signal_key``, and need not pay for jupyter_client's manager.)"""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RunKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.clients_made = []
+
+        def client(self, **kwargs):
+            client = super().client(**kwargs)
+            self.clients_made.append(client)
+            return client
+
+    return RunKernelManager
+
+
 class KernelDied(RuntimeError):
     """The kernel process is gone."""
 
@@ -92,10 +114,9 @@ class Kernel:
         ``preload``, the notebook's modules imported. The connection to it is encrypted where
         jupyter_client and pyzmq can do so."""
         import zmq
-        from jupyter_client.manager import AsyncKernelManager
 
         notebook = Path(notebook).resolve()
-        manager = AsyncKernelManager(kernel_name=KERNEL, shutdown_wait_time=SHUTDOWN_WAIT)
+        manager = _manager_class()(kernel_name=KERNEL, shutdown_wait_time=SHUTDOWN_WAIT)
         options = {}
         if manager.has_trait("transport_encryption") and zmq.has("curve"):
             options["transport_encryption"] = "auto"
@@ -152,14 +173,17 @@ class Kernel:
             client.stop_channels()
 
     def shutdown(self):
-        """Stop the kernel and remove its connection file. It is asked to shut down, not interrupted
-        first as KernelManager.shutdown_kernel does: it is idle, its run over."""
+        """Stop the kernel, close every client's channels and remove its connection file. It is
+        asked to shut down, not interrupted first as KernelManager.shutdown_kernel does: it is
+        idle, its run over."""
         async def stop():
             try:
                 if await self.manager.is_alive():
                     await self.manager.request_shutdown()
                     await self.manager.finish_shutdown()
             finally:
+                for client in self.manager.clients_made:
+                    client.stop_channels()
                 await self.manager.cleanup_resources()
 
         run_sync(stop)()

@@ -1,6 +1,7 @@
 """Notebook runs through papermill: kept, recorded, and their signals released only on success."""
 
 import datetime as dt
+import gc
 import json
 import os
 import signal
@@ -136,3 +137,19 @@ def test_a_kernel_that_died_while_it_waited_is_replaced(store, probe, tmp_path):
     assert run.status == "succeeded", run.error
     assert printed(run.output_path)[2] != str(pid)
     assert [s.status for s in store.signals(run_id=run.id)] == ["pending"]
+
+
+def test_runs_leave_no_open_files_behind(store, probe, tmp_path):
+    """A scheduler runs notebooks for months: a run must close every socket and file it opened."""
+    def open_files() -> int:
+        gc.collect()
+        return len(os.listdir("/proc/self/fd"))
+
+    run_notebook(probe, {}, store=store, output_dir=tmp_path / "runs")  # what loads once stays open
+    before = open_files()
+    for _ in range(3):
+        warm = run_notebook(probe, {}, store=store, output_dir=tmp_path / "runs",
+                            kernel=Kernel.start(probe, preload=True))
+        cold = run_notebook(probe, {}, store=store, output_dir=tmp_path / "runs")
+        assert (warm.status, cold.status) == ("succeeded", "succeeded")
+    assert open_files() - before < 6  # a client left open costs a dozen a run
