@@ -12,9 +12,10 @@ A run:
 1. is recorded ``running`` in the queue database (table ``runs``);
 2. executes in a fresh ``python3`` kernel (started now, or ahead of a scheduled
    slot: see ``kernels``), in the notebook's folder, whose environment names
-   the run (``QDIBKR_RUN_ID``: whatever it emits is ``staged``), the queue (``QDIBKR_DB``) and, for a scheduled run, the slot
-   (``QDIBKR_RUN_KEY``, from which ``signal_key`` derives idempotency keys:
-   job + slot + symbol, so a slot run twice emits nothing twice);
+   the run (``QDIBKR_RUN_ID``: whatever it emits is ``staged``), the queue
+   (``QDIBKR_DB``) and, for a scheduled run, the slot (``QDIBKR_RUN_KEY``, from
+   which ``signal_key`` derives idempotency keys: job + slot + symbol, so a slot
+   run twice emits nothing twice);
 3. is kept executed under ``runs/<strategy>/<UTC time>-<run id>.ipynb``
    (``QDIBKR_RUNS`` or the config file's ``[runs] dir`` for another folder);
    papermill saves it after every cell, so a failed run shows where it stopped;

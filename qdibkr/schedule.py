@@ -39,8 +39,8 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 import tomllib
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,7 +245,7 @@ class Scheduler:
         self.wake = threading.Event()  # set when a run ends, or to stop
         self.stopping = False
         self._running: dict[str, threading.Thread] = {}
-        self._warm: dict[str, tuple[dt.datetime, Future]] = {}  # job -> (slot, its kernel, starting)
+        self._warm: dict[str, tuple[dt.datetime, Future]] = {}  # job -> (slot, its kernel to come)
         self._warmer = ThreadPoolExecutor(thread_name_prefix="warm-kernel")
 
     def job(self, name: str) -> Job:
