@@ -1,9 +1,11 @@
 """The simulated gateway: a TWS / IB Gateway stand-in that speaks the real API socket protocol.
 
 Modules, one job each: ``wire`` frames bytes, ``messages`` encodes what TWS
-sends, ``catalogue`` lists the contracts, ``market`` is the seeded price model,
-``broker`` keeps accounts, orders and fills, ``pacing`` holds IB's rate rules,
-``clock`` is simulated time and ``server`` ties them to client connections.
+sends, ``incoming`` names what clients send, ``catalogue`` lists the contracts,
+``market`` is the seeded price model, ``broker`` keeps accounts, orders, fills
+and P&L, ``streams`` sends bars, ticks, depth and P&L as time passes, ``pacing``
+holds IB's rate rules and limits, ``clock`` is simulated time and ``server``
+ties them to client connections.
 """
 
 from .server import SimGateway

@@ -14,17 +14,22 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
 - HK quantities must be whole board lots.
 - A limit price more than 10% through the market (a buy above or a sell below
   it) is refused, as TWS's precautionary price check does.
-- Market orders sweep the displayed book: the displayed size at the best price,
-  then one tick worse per level, for at most ``SWEEP_LEVELS`` levels per pass;
-  what is left fills on later passes. Marketable limit orders do the same up to
-  their limit. A resting limit fills at its limit price, up to the displayed
-  size per pass, once the price path has crossed it.
+- Market orders sweep the book that market depth shows (``PriceModel.book_side``):
+  the displayed size at the best price, then each next price on the ladder with
+  its own size, for at most ``SWEEP_LEVELS`` levels per pass; what is left fills
+  on later passes. Marketable limit orders do the same up to their limit. A
+  resting limit fills at its limit price, up to the displayed size per pass,
+  once the price path has crossed it.
 - Commissions follow IB's fixed pricing, charged so that an order's total is
   the rate times its cumulative size, never below the per-order minimum:
   US USD 0.005 per share, minimum USD 1, at most 1% of the value;
   HK 0.08% of the value, minimum HKD 18.
 - Average cost includes commissions; realised P&L is net of them (as IB does).
 - DAY orders still open at the exchange's 16:00 local close are cancelled.
+- P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
+  since the position was opened, realised today, and daily P&L since the
+  previous session's close (the quote's ``close``): positions held then count
+  from that close, today's fills from their prices, commissions included.
 """
 
 import datetime as dt
@@ -153,6 +158,17 @@ class Filled:
 class PositionChanged:
     account: str
     con_id: int
+
+
+@dataclass(frozen=True)
+class PnL:
+    """A position's (or an account's) profit and loss, as reqPnLSingle reports it."""
+
+    position: int
+    daily: float
+    unrealized: float
+    realized: float  # today's
+    value: float  # market value
 
 
 class Rejection(Exception):
@@ -368,11 +384,10 @@ class Broker:
         else:
             fills = []
             remaining = order.remaining
-            for level in range(SWEEP_LEVELS):
-                price = catalogue.round_to_tick(listing, best + (level if buying else -level) * catalogue.min_tick(listing, best))
+            for price, size in self.model.book_side(listing, now, "ASK" if buying else "BID", SWEEP_LEVELS):
                 if limit is not None and not self._marketable(price, limit, buying):
                     break
-                take = min(remaining, depth)
+                take = min(remaining, size)
                 fills.append((price, take))
                 remaining -= take
                 if not remaining:
@@ -436,6 +451,40 @@ class Broker:
         order.completed_at = self.clock.now()
         order.completed_status = completed_status
         self.dirty = True
+
+    # ------------------------------------------------------------ P&L
+    def position_pnl(self, account: str, con_id: int) -> PnL:
+        """One position's P&L now, in its own currency (zero for one never held)."""
+        listing = catalogue.by_con_id(con_id)
+        now = self.clock.now()
+        since, close = self.model.previous_close(listing, now)
+        held = self.positions.get((account, con_id)) or Position(account, con_id)
+        mark = self.mark_price(listing, now)
+        bought = paid = realized = 0.0  # today's, net of sales
+        for ex in reversed(self.executions):  # in time order: today's fills are the last ones
+            if ex.time <= since:
+                break
+            if ex.account == account and ex.con_id == con_id:
+                signed = ex.shares if ex.side == "BOT" else -ex.shares
+                bought += signed
+                paid += signed * ex.price + ex.commission
+                realized += ex.realized_pnl or 0.0
+        value = held.quantity * mark
+        daily = value - (held.quantity - bought) * close - paid
+        return PnL(position=held.quantity, daily=round(daily, 2),
+                   unrealized=round(value - held.quantity * held.avg_cost, 2),
+                   realized=round(realized, 2), value=round(value, 2))
+
+    def account_pnl(self, account: str) -> tuple[float, float, float]:
+        """The account's daily, unrealised and realised (today's) P&L, in its base currency (USD)."""
+        totals = [0.0, 0.0, 0.0]
+        for p in self.held_positions(account):
+            pnl = self.position_pnl(account, p.con_id)
+            currency = catalogue.by_con_id(p.con_id).currency
+            for i, amount in enumerate((pnl.daily, pnl.unrealized, pnl.realized)):
+                totals[i] += to_usd(amount, currency)
+        daily, unrealized, realized = (round(x, 2) for x in totals)
+        return daily, unrealized, realized
 
     # ------------------------------------------------------------ accounts
     def account_values(self, account_id: str) -> list[tuple[str, str, str]]:

@@ -6,6 +6,7 @@ Kong names, with the identifiers, descriptions and trading rules that a real
 ``reqContractDetails`` reports for them. The other modules ask this one:
 
 - ``find`` and ``by_con_id`` match a request to listings, as TWS does;
+  ``search`` answers a symbol search (reqMatchingSymbols);
 - ``min_tick`` and ``round_to_tick`` apply the listing's price ladder (US cents,
   HKEX's spread table);
 - ``trading_hours`` builds IB's tradingHours / liquidHours strings;
@@ -41,7 +42,7 @@ HK_ORDER_TYPES = ("ACTIVETIM,AD,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER
                   "TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF")
 
 US_MARKET_RULE = 26
-HK_MARKET_RULE = 1723  # a plausible id for SEHK's ladder; the server only echoes it
+HK_MARKET_RULE = 1723  # a plausible id for SEHK's ladder
 
 # Price ladders as IB's reqMarketRule reports them: (low edge, increment) rows,
 # each increment applying from its low edge up to the next row's. The US rule is
@@ -52,6 +53,12 @@ MARKET_RULES: dict[int, tuple[tuple[float, float], ...]] = {
                      (100.0, 0.1), (200.0, 0.2), (500.0, 0.5), (1000.0, 1.0), (2000.0, 2.0),
                      (5000.0, 5.0)),
 }
+
+
+# What a symbol search reports as traded on each stock: every listing here has
+# listed options, warrants and CFDs at IB.
+DERIVATIVE_SEC_TYPES = ("CFD", "OPT", "IOPT", "WAR", "BAG")
+MAX_SEARCH_RESULTS = 16  # TWS returns at most 16 matches per symbol search
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,32 @@ def find(symbol: str, sec_type: str = "", exchange: str = "", primary_exchange: 
         and (not primary_exchange or primary_exchange.upper() == listing.primary_exchange)
         and (not currency or currency.upper() == listing.currency)
     ]
+
+
+def search(pattern: str) -> list[Listing]:
+    """The listings a symbol search (reqMatchingSymbols) finds, best first, as TWS ranks them:
+    the exact symbol, then symbols that start with the pattern, then company names with a
+    word that does. Case-insensitive; "BRK.B" and "BRK B" alike."""
+    text = pattern.strip().upper().replace(".", " ")
+    if not text:
+        return []
+
+    def rank(listing: Listing) -> int | None:
+        if listing.symbol == text:
+            return 0
+        if listing.symbol.startswith(text):
+            return 1
+        if f" {text}" in f" {listing.long_name}":  # at the start of a word
+            return 2
+        return None
+
+    ranked = [(rank(listing), i) for i, listing in enumerate(CATALOGUE)]
+    return [CATALOGUE[i] for r, i in sorted(x for x in ranked if x[0] is not None)][:MAX_SEARCH_RESULTS]
+
+
+def market_rule_ids(listing: Listing) -> str:
+    """Contract details' marketRuleIds: one rule id per valid exchange, in the same order."""
+    return ",".join([str(listing.market_rule_id)] * len(listing.valid_exchanges.split(",")))
 
 
 # ------------------------------------------------------------------ price ladder

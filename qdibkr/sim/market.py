@@ -33,11 +33,15 @@ rises.
 Volume follows a U-shaped intraday profile around a per-listing daily level,
 busier in minutes where the price moves more. The quote's cumulative volume and
 the bars' volumes come from the same minute volumes.
+
+The order book (``book_side``) stacks levels one ladder step apart behind the
+quote's bid and ask; tick-by-tick data (``tops``) is the quote at each second.
 """
 
 import hashlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -60,6 +64,7 @@ _LEVELS, _VOLUMES, _MINUTES, _SECONDS = range(4)
 _SHAPE_COUNT = 4096  # 1-second bridge shapes per (seed, symbol)
 
 SPREAD_BP = 0.5  # quoted spread in basis points of the price, at least one tick (AAPL: a cent or two)
+MAX_BOOK_LEVELS = 10  # price levels a side of the order book
 EXTENDED_ACTIVITY = 0.02  # an extended-hours minute trades 2% of an average RTH minute
 _U_SHAPE = 2.0  # the open and close trade 3x as much as midday
 _MINUTE_FRACTIONS = np.arange(1441) / 1440  # time through the day at each minute point
@@ -80,6 +85,19 @@ class Quote:
     close: float  # the previous session's close, as IB reports it
     volume: int  # shares traded in today's regular session so far
     time: float
+
+
+@dataclass(frozen=True)
+class Tops:
+    """The top of book at consecutive whole seconds, one list entry per second."""
+
+    time: list[int]
+    bid: list[float]
+    ask: list[float]
+    last: list[float]
+    bid_size: list[int]
+    ask_size: list[int]
+    last_size: list[int]
 
 
 @dataclass(frozen=True)
@@ -266,11 +284,32 @@ def bid_ask(listing: Listing, mid):
     return bid, ask
 
 
+def _lot(listing: Listing) -> int:
+    """The size unit quotes show: US round lots of 100, HK board lots."""
+    return 100 if listing.board_lot == 1 else listing.board_lot
+
+
 def _displayed_sizes(seed: int, listing: Listing, t: float) -> tuple[int, int, int]:
-    """Bid, ask and last sizes in whole lots (US round lots of 100), changing every second."""
+    """Bid, ask and last sizes in whole lots, changing every second."""
     digest = hashlib.blake2b(f"{seed}:{listing.symbol}:{math.floor(t)}".encode(), digest_size=3).digest()
-    lot = 100 if listing.board_lot == 1 else listing.board_lot
+    lot = _lot(listing)
     return lot * (1 + digest[0] % 15), lot * (1 + digest[1] % 15), lot * (1 + digest[2] % 5)
+
+
+def _deeper_sizes(seed: int, listing: Listing, t: float) -> tuple[list[int], list[int]]:
+    """Sizes of the book's bid and ask levels below the best, 1 to 15 lots each, changing every
+    second. Always the whole book's: a hash's bytes depend on how many are asked for."""
+    deeper = MAX_BOOK_LEVELS - 1
+    digest = hashlib.blake2b(f"{seed}:{listing.symbol}:{math.floor(t)}:book".encode(), digest_size=2 * deeper).digest()
+    sizes = [_lot(listing) * (1 + byte % 15) for byte in digest]
+    return sizes[:deeper], sizes[deeper:]
+
+
+def _next_price(listing: Listing, price: float, direction: int) -> float:
+    """The next price on the ladder above (direction 1) or below (-1) ``price``. A band's low
+    edge belongs to it, so the step down from an edge is the increment of the band below."""
+    tick = min_tick(listing, price if direction > 0 else price - 1e-6)
+    return round_to_tick(listing, price + direction * tick)
 
 
 # ------------------------------------------------------------------ sessions and volume
@@ -454,6 +493,22 @@ def bar_seconds(bar_size: str) -> int:
                          f"Legal ones are: {', '.join(BAR_SIZES)}") from None
 
 
+def parse_what_to_show(text: str) -> str:
+    """A bar request's whatToShow, normalised; ValueError if the bars cannot show it."""
+    what = text.strip().upper()
+    if what not in WHAT_TO_SHOW:
+        raise ValueError(f"Historical data type whatToShow={text!r} is not supported; "
+                         f"use one of {', '.join(WHAT_TO_SHOW)}")
+    return what
+
+
+def head_timestamp(listing: Listing, use_rth: bool) -> float:
+    """When the earliest bar the model serves starts (reqHeadTimeStamp): the first session's
+    open, or its extended-hours open without ``use_rth``. The path begins in January 2000."""
+    table = session_table(listing.calendar)
+    return float(table.open[0] if use_rth else table.ext_open[0])
+
+
 def _parse_duration(duration: str) -> tuple[int, str]:
     match = _DURATION.match(duration.strip())
     if not match:
@@ -522,6 +577,50 @@ class PriceModel:
             low=round_to_tick(listing, stats.low[1]), close=round_to_tick(listing, stats.close[0]),
             volume=int(stats.volume[1]), time=t)
 
+    def previous_close(self, listing: Listing, t: float) -> tuple[float, float]:
+        """When the session before "today" (as ``quote`` reckons it) closed, and its closing
+        price: the quote's ``close``, from which daily P&L is counted."""
+        table = session_table(listing.calendar)
+        previous = _last_opened(table.open, t) - 1
+        if previous < 0:
+            raise ValueError("the simulated market starts trading in January 2000")
+        stats = _daily_stats(self.seed, listing, previous, previous, math.inf)
+        return float(table.close[previous]), round_to_tick(listing, stats.close[0])
+
+    def book_side(self, listing: Listing, t: float, side: str, levels: int) -> Iterator[tuple[float, int]]:
+        """One side ("BID" or "ASK") of the order book at ``t``: (price, size) levels, best first.
+
+        The best level is the quote's bid or ask with its displayed size; each
+        deeper level is the next price on the ladder and shows 1 to 15 lots. The
+        broker's marketable orders sweep this book, so market depth shows what an
+        order would fill against. Levels are priced as they are read: a sweep that
+        fills at the best price prices no others.
+        """
+        if not 1 <= levels <= MAX_BOOK_LEVELS:
+            raise ValueError(f"the book has 1 to {MAX_BOOK_LEVELS} levels a side, not {levels}")
+        bid, ask = bid_ask(listing, self.mid(listing, t))
+        bid_size, ask_size, _ = _displayed_sizes(self.seed, listing, t)
+        deeper_bids, deeper_asks = _deeper_sizes(self.seed, listing, t)
+        if side == "BID":
+            price, sizes, direction = bid, [bid_size, *deeper_bids], -1
+        else:
+            price, sizes, direction = ask, [ask_size, *deeper_asks], 1
+        for size in sizes[:levels]:
+            yield price, size
+            price = _next_price(listing, price, direction)
+
+    def tops(self, listing: Listing, first: int, last: int) -> Tops:
+        """The top of book at each whole second from ``first`` to ``last`` (epoch seconds):
+        the same bid, ask, last and sizes as ``quote`` at those instants."""
+        seconds = np.arange(first, last + 1)
+        mids = np.exp(_at_seconds(self.seed, listing, seconds))
+        bids, asks = bid_ask(listing, mids)
+        sizes = [_displayed_sizes(self.seed, listing, second) for second in seconds.tolist()]
+        bid_sizes, ask_sizes, last_sizes = zip(*sizes) if sizes else ((), (), ())
+        return Tops(time=seconds.tolist(), bid=bids.tolist(), ask=asks.tolist(),
+                    last=round_to_tick(listing, mids).tolist(), bid_size=list(bid_sizes),
+                    ask_size=list(ask_sizes), last_size=list(last_sizes))
+
     def bars(self, listing: Listing, end: float, duration: str, bar_size: str,
              use_rth: bool = True, what_to_show: str = "TRADES") -> list[Bar]:
         """Historical bars ending at ``end``, as reqHistoricalData returns them.
@@ -537,10 +636,7 @@ class PriceModel:
         seconds = bar_seconds(bar_size)
         bar_size = bar_size.strip()
         count, unit = _parse_duration(duration)
-        what = what_to_show.strip().upper()
-        if what not in WHAT_TO_SHOW:
-            raise ValueError(f"Historical data type whatToShow={what_to_show!r} is not supported; "
-                             f"use one of {', '.join(WHAT_TO_SHOW)}")
+        what = parse_what_to_show(what_to_show)
         _check_step(duration, bar_size, count, unit)
         table = session_table(listing.calendar)
         if seconds >= DAY:

@@ -15,7 +15,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from . import catalogue
-from .broker import Execution, Order, Position
+from .broker import Execution, Order, PnL, Position
 from .catalogue import Listing
 from .market import Bar
 from .wire import UNSET_DOUBLE
@@ -27,12 +27,23 @@ SERVER_ZONE = "America/New_York"
 # Message ids TWS sends.
 TICK_PRICE, TICK_SIZE, ORDER_STATUS, ERROR, OPEN_ORDER = 1, 2, 3, 4, 5
 ACCOUNT_VALUE, PORTFOLIO_VALUE, ACCOUNT_UPDATE_TIME, NEXT_VALID_ID = 6, 7, 8, 9
-CONTRACT_DATA, EXECUTION_DATA, MANAGED_ACCOUNTS, HISTORICAL_DATA = 10, 11, 15, 17
-CURRENT_TIME, CONTRACT_DATA_END, OPEN_ORDER_END, ACCOUNT_DOWNLOAD_END = 49, 52, 53, 54
+CONTRACT_DATA, EXECUTION_DATA, UPDATE_MKT_DEPTH, UPDATE_MKT_DEPTH_L2 = 10, 11, 12, 13
+MANAGED_ACCOUNTS, HISTORICAL_DATA, SCANNER_PARAMETERS = 15, 17, 19
+CURRENT_TIME, REAL_TIME_BARS, CONTRACT_DATA_END, OPEN_ORDER_END, ACCOUNT_DOWNLOAD_END = 49, 50, 52, 53, 54
 EXECUTION_DATA_END, TICK_SNAPSHOT_END, MARKET_DATA_TYPE, COMMISSION_REPORT = 55, 57, 58, 59
 POSITION_DATA, POSITION_END, ACCOUNT_SUMMARY, ACCOUNT_SUMMARY_END = 61, 62, 63, 64
-ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END, TICK_REQ_PARAMS = 73, 74, 81
-COMPLETED_ORDER, COMPLETED_ORDERS_END = 101, 102
+ACCOUNT_UPDATE_MULTI, ACCOUNT_UPDATE_MULTI_END, SYMBOL_SAMPLES, MKT_DEPTH_EXCHANGES = 73, 74, 79, 80
+TICK_REQ_PARAMS, NEWS_PROVIDERS, HEAD_TIMESTAMP, MARKET_RULE, PNL, PNL_SINGLE = 81, 85, 88, 93, 94, 95
+TICK_BY_TICK, COMPLETED_ORDER, COMPLETED_ORDERS_END = 99, 101, 102
+
+UNSET_INTEGER = 2**31 - 1
+
+# What the simulator answers, besides an error, to an unsupported request that has
+# no reqId: the error cannot end it in the client, an empty answer does.
+EMPTY_ANSWERS = {
+    "reqScannerParameters": [SCANNER_PARAMETERS, 1, ""],  # no XML document
+    "reqNewsProviders": [NEWS_PROVIDERS, 0],  # no providers
+}
 
 
 def ib_time(t: float, zone: str = SERVER_ZONE) -> str:
@@ -92,7 +103,7 @@ def contract_data(version: int, req_id: int, listing: Listing, now: float) -> li
         0,  # number of secIds
         1,  # aggGroup
         "", "",  # underSymbol, underSecType
-        str(listing.market_rule_id),  # marketRuleIds, one per valid exchange in TWS
+        catalogue.market_rule_ids(listing),
         "",  # realExpirationDate
         listing.stock_type,
     ]
@@ -101,6 +112,23 @@ def contract_data(version: int, req_id: int, listing: Listing, now: float) -> li
     if version >= 164:
         fields += [listing.board_lot, listing.board_lot, listing.board_lot]  # minSize, sizeIncrement, suggestedSizeIncrement
     return fields
+
+
+def symbol_samples(version: int, req_id: int, listings: list[Listing]) -> list:
+    """reqMatchingSymbols' answer: a ContractDescription per listing."""
+    fields = [SYMBOL_SAMPLES, req_id, len(listings)]
+    for listing in listings:
+        fields += [listing.con_id, listing.symbol, listing.sec_type, listing.primary_exchange, listing.currency,
+                   len(catalogue.DERIVATIVE_SEC_TYPES), *catalogue.DERIVATIVE_SEC_TYPES]
+        if version >= 176:
+            fields += [listing.long_name, ""]  # description, issuerId
+    return fields
+
+
+def market_rule(rule_id: int) -> list:
+    """marketRuleId, then (lowEdge, increment) per price band."""
+    rows = catalogue.MARKET_RULES[rule_id]
+    return [MARKET_RULE, rule_id, len(rows), *(value for row in rows for value in row)]
 
 
 # ------------------------------------------------------------------ orders
@@ -226,6 +254,14 @@ def portfolio_value(p: Position, market_price: float) -> list:
             p.avg_cost, round(unrealized, 2), round(p.realized_pnl, 2), p.account]
 
 
+def pnl(req_id: int, daily: float, unrealized: float, realized: float) -> list:
+    return [PNL, req_id, daily, unrealized, realized]
+
+
+def pnl_single(req_id: int, p: PnL) -> list:
+    return [PNL_SINGLE, req_id, number(p.position), p.daily, p.unrealized, p.realized, p.value]
+
+
 def account_value(key: str, value: str, currency: str, account: str) -> list:
     return [ACCOUNT_VALUE, 2, key, value, currency, account]
 
@@ -253,4 +289,54 @@ def historical_data(req_id: int, start: str, end: str, bars: list[Bar], zone: st
         else:
             stamp = ib_time(bar.start, zone)
         fields += [stamp, bar.open, bar.high, bar.low, bar.close, number(bar.volume), bar.wap, bar.count]
+    return fields
+
+
+def head_timestamp(req_id: int, t: float, zone: str, format_date: int) -> list:
+    return [HEAD_TIMESTAMP, req_id, str(int(t)) if format_date == 2 else ib_time(t, zone)]
+
+
+def real_time_bar(req_id: int, bar: Bar) -> list:
+    """time (the bar's start, epoch seconds), open, high, low, close, volume, WAP, count."""
+    return [REAL_TIME_BARS, 3, req_id, int(bar.start), bar.open, bar.high, bar.low, bar.close,
+            number(bar.volume), bar.wap, bar.count]
+
+
+# Tick-by-tick tick types, as reqTickByTickData names them and tickByTick numbers them.
+TICK_BY_TICK_TYPES = {"Last": 1, "AllLast": 2, "BidAsk": 3, "MidPoint": 4}
+
+
+def tick_by_tick_last(req_id: int, tick_type: int, t: int, price: float, size: int, exchange: str) -> list:
+    """A trade: price, size, attribute mask (neither past limit nor unreported), exchange, special conditions."""
+    return [TICK_BY_TICK, req_id, tick_type, t, price, number(size), 0, exchange, ""]
+
+
+def tick_by_tick_bid_ask(req_id: int, t: int, bid: float, ask: float, bid_size: int, ask_size: int) -> list:
+    return [TICK_BY_TICK, req_id, 3, t, bid, ask, number(bid_size), number(ask_size), 0]
+
+
+def tick_by_tick_midpoint(req_id: int, t: int, midpoint: float) -> list:
+    return [TICK_BY_TICK, req_id, 4, t, midpoint]
+
+
+# Market depth: operations and sides as updateMktDepth numbers them.
+INSERT, UPDATE = 0, 1
+ASK_SIDE, BID_SIDE = 0, 1
+
+
+def mkt_depth(req_id: int, position: int, operation: int, side: int, price: float, size: int) -> list:
+    return [UPDATE_MKT_DEPTH, 1, req_id, position, operation, side, price, number(size)]
+
+
+def mkt_depth_l2(req_id: int, position: int, market_maker: str, operation: int, side: int, price: float,
+                 size: int) -> list:
+    """A level of smart (consolidated) depth: ``market_maker`` is the exchange quoting it."""
+    return [UPDATE_MKT_DEPTH_L2, 1, req_id, position, market_maker, operation, side, price, number(size), True]
+
+
+def mkt_depth_exchanges(exchanges: list[str]) -> list:
+    """exchange, secType, listingExch, serviceDataType, aggGroup per exchange with depth."""
+    fields = [MKT_DEPTH_EXCHANGES, len(exchanges)]
+    for exchange in exchanges:
+        fields += [exchange, "STK", exchange, "Deep", UNSET_INTEGER]
     return fields

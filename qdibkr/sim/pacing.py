@@ -1,14 +1,23 @@
-"""IB's pacing rules, as the simulated gateway enforces them.
+"""IB's pacing rules and subscription limits, as the simulated gateway enforces them.
 
-Two rules matter to API users:
+Subscription limits: a login with the default 100 market data lines may hold 3
+market depth subscriptions (error 309 beyond) and 3 tick-by-tick ones (error
+10190), across all its API clients.
+
+Two pacing rules matter to API users:
 - Message rate: at most 50 messages per second from one client; TWS answers a
   violation with error 100 and disconnects a client that keeps violating.
 - Historical data (error 162): no identical request within 15 seconds; and, for
   bars of 30 seconds or less, at most 6 requests for the same contract and
-  data type within 2 seconds and at most 60 requests within 10 minutes.
+  data type within 2 seconds and at most 60 requests within 10 minutes. A
+  real-time bars subscription counts as a request for 5-second bars (its
+  violations are error 420).
 """
 
 from collections import deque
+
+MAX_DEPTH_SUBSCRIPTIONS = 3
+MAX_TICK_BY_TICK_SUBSCRIPTIONS = 3
 
 MAX_MESSAGES_PER_SECOND = 50
 VIOLATIONS_BEFORE_DISCONNECT = 3

@@ -1,7 +1,9 @@
 """The simulated gateway's socket server: one asyncio loop, one Session per client.
 
 A Session reads a client's frames, answers each request as TWS does, and keeps
-the client's subscriptions (positions, account updates, market data). The
+the client's subscriptions (positions, account updates, market data, and the
+``streams``: real-time bars, tick-by-tick, market depth, P&L). A request it
+does not serve gets an error on its own reqId, which ends it in the client. The
 gateway owns what all clients share: the broker (accounts, orders, fills), the
 price model, the clock, the registry of client ids, and a market loop that
 matches resting orders, streams quotes and saves state.
@@ -27,12 +29,12 @@ import threading
 import time
 from zoneinfo import ZoneInfo
 
-from . import catalogue, messages as msg, wire
+from . import catalogue, incoming, messages as msg, streams, wire
 from .broker import Broker, Filled, OrderChanged, OrderRequest, PositionChanged, Rejection
 from .catalogue import Listing
 from .clock import SimClock
-from .market import PriceModel, bar_seconds
-from .pacing import HistoricalPacing, MessageRate
+from .market import MAX_BOOK_LEVELS, PriceModel, bar_seconds, head_timestamp, parse_what_to_show
+from .pacing import MAX_DEPTH_SUBSCRIPTIONS, MAX_TICK_BY_TICK_SUBSCRIPTIONS, HistoricalPacing, MessageRate
 
 log = logging.getLogger("qdibkr.sim")
 
@@ -53,6 +55,7 @@ LIVE, FROZEN, DELAYED, DELAYED_FROZEN = 1, 2, 3, 4
 LIVE_TICKS = {"bid": 1, "ask": 2, "last": 4, "high": 6, "low": 7, "close": 9, "open": 14, "volume": 8}
 DELAYED_TICKS = {"bid": 66, "ask": 67, "last": 68, "high": 72, "low": 73, "close": 75, "open": 76, "volume": 74}
 SIZES = {"bid": "bid_size", "ask": "ask_size", "last": "last_size"}
+REAL_TIME_BAR_TYPES = ("TRADES", "MIDPOINT", "BID", "ASK")
 
 
 def market_of(listing: Listing) -> str:
@@ -86,14 +89,20 @@ class Session(asyncio.Protocol):
         self.account_sent: dict[object, dict] = {}  # channel -> {(key, currency): value last sent}
         self.accounts_changed: set[str] = set()  # accounts whose values to resend on the next market pass
         self.account_multi: dict[int, str] = {}
+        self.streams: dict[int, object] = {}  # reqId -> a stream of streams.py
+        # By message id (see incoming.REQUESTS for the names); any other is refused.
         self.handlers = {
             1: self.req_mkt_data, 2: self.cancel_mkt_data, 3: self.place_order, 4: self.cancel_order,
             5: self.req_open_orders, 6: self.req_account_updates, 7: self.req_executions, 8: self.req_ids,
-            9: self.req_contract_details, 15: self.ignore, 16: self.req_all_open_orders,
-            17: self.req_managed_accounts, 20: self.req_historical_data, 25: self.ignore,
-            49: self.req_current_time, 58: self.req_global_cancel, 59: self.req_market_data_type,
-            61: self.req_positions, 62: self.req_account_summary, 63: self.ignore, 64: self.cancel_positions,
-            71: self.start_api, 76: self.req_account_updates_multi, 77: self.cancel_account_updates_multi,
+            9: self.req_contract_details, 10: self.req_mkt_depth, 11: self.cancel_stream, 15: self.ignore,
+            16: self.req_all_open_orders, 17: self.req_managed_accounts, 20: self.req_historical_data,
+            25: self.ignore, 49: self.req_current_time, 50: self.req_real_time_bars, 51: self.cancel_stream,
+            58: self.req_global_cancel, 59: self.req_market_data_type, 61: self.req_positions,
+            62: self.req_account_summary, 63: self.ignore, 64: self.cancel_positions, 71: self.start_api,
+            76: self.req_account_updates_multi, 77: self.cancel_account_updates_multi,
+            81: self.req_matching_symbols, 82: self.req_mkt_depth_exchanges, 87: self.req_head_timestamp,
+            90: self.ignore, 91: self.req_market_rule, 92: self.req_pnl, 93: self.cancel_stream,
+            94: self.req_pnl_single, 95: self.cancel_stream, 97: self.req_tick_by_tick, 98: self.cancel_stream,
             99: self.req_completed_orders,
         }
 
@@ -119,6 +128,10 @@ class Session(asyncio.Protocol):
 
     def error(self, req_id: int, code: int, text: str):
         self.send(msg.error(self.version, req_id, code, text))
+
+    def invalid(self, req_id: int, field: str, cause: str):
+        """TWS's error 321: a field of the request it cannot accept, and why."""
+        self.error(req_id, 321, f"Error validating request.-'{field}' : cause - {cause}")
 
     def data_received(self, data: bytes):
         if not self.greeted:
@@ -179,22 +192,38 @@ class Session(asyncio.Protocol):
             log.warning("client %s sent a message without a numeric id: %r", self.client_id, fields[:3])
             self.error(-1, 320, "Error reading request: the message id is missing or not a number")
             return
-        handler = self.handlers.get(msg_id)
-        if handler is None:
-            log.warning("client %s sent message id %d, which the simulated gateway does not handle", self.client_id, msg_id)
-            self.error(-1, 320, f"Error reading request: message id {msg_id} is not supported by the simulated gateway")
-            return
         if self.client_id is None and msg_id != 71:
             log.warning("client at %s sent message %d before startApi", self.peer, msg_id)
+            return
+        handler = self.handlers.get(msg_id)
+        if handler is None:
+            self.refuse(msg_id, fields)
             return
         try:
             handler(fields)
         except (IndexError, ValueError) as e:
             log.warning("client %s sent a malformed message %d: %s (%r)", self.client_id, msg_id, e, fields[:6])
-            self.error(-1, 320, f"Error reading request: malformed message {msg_id}: {e}")
+            self.error(incoming.req_id(fields), 320, f"Error reading request: malformed {incoming.name(msg_id)}: {e}")
         except Exception:  # a bug of ours must not cost the client its connection
             log.exception("simulated gateway failed on message %d from client %s", msg_id, self.client_id)
-            self.error(-1, 320, f"Error processing request: the simulated gateway failed on message {msg_id}")
+            self.error(incoming.req_id(fields), 320,
+                       f"Error processing request: the simulated gateway failed on {incoming.name(msg_id)}")
+
+    def refuse(self, msg_id: int, fields: list[str]):
+        """Answer a request the simulator does not serve as TWS answers one it cannot: with an
+        error on the request's own reqId (or orderId), which ends the request in the client.
+        A request without one also gets an empty answer where one exists (see
+        ``messages.EMPTY_ANSWERS``), or its caller would wait forever."""
+        name = incoming.name(msg_id)
+        if incoming.is_cancel(msg_id):  # what it would cancel was refused when it was asked for
+            log.debug("client %s sent %s, which the simulated gateway does not serve", self.client_id, name)
+            return
+        log.warning("client %s sent %s, which the simulated gateway does not support", self.client_id, name)
+        # 322, not 321: ib_async takes 321 for a warning, which ends no request.
+        self.error(incoming.req_id(fields), 322,
+                   f"Error processing request.-'{name}' : cause - the simulated gateway does not support {name}")
+        if name in msg.EMPTY_ANSWERS:
+            self.send(msg.EMPTY_ANSWERS[name])
 
     # ------------------------------------------------------------ connection
     def start_api(self, fields):
@@ -258,6 +287,20 @@ class Session(asyncio.Protocol):
             self.send(msg.contract_data(self.version, req_id, listing, now))
         self.send([msg.CONTRACT_DATA_END, 1, req_id])
 
+    def req_matching_symbols(self, fields):
+        req_id, pattern = int(fields[1]), fields[2]
+        self.send(msg.symbol_samples(self.version, req_id, catalogue.search(pattern)))
+
+    def req_market_rule(self, fields):
+        """The price ladder behind contract details' marketRuleIds. The request has no reqId:
+        an unknown rule id can only be reported on -1 (ib_insync gives up after a second)."""
+        rule_id = int(fields[1])
+        if rule_id not in catalogue.MARKET_RULES:
+            known = ", ".join(map(str, catalogue.MARKET_RULES))
+            self.invalid(-1, "marketRuleId", f"no market rule {rule_id} (the simulated gateway has {known})")
+            return
+        self.send(msg.market_rule(rule_id))
+
     # ------------------------------------------------------------ market data
     def req_market_data_type(self, fields):
         self.market_data_type = int(fields[2])
@@ -279,7 +322,7 @@ class Session(asyncio.Protocol):
         self.send([msg.MARKET_DATA_TYPE, 1, req_id, DELAYED if delayed else LIVE])
         self.send([msg.TICK_REQ_PARAMS, req_id, catalogue.min_tick(listing, listing.base_price), "9c0001", 3])
         if delayed:
-            self.error(req_id, 10167, f"Requested market data is not subscribed. Displaying delayed market data.")
+            self.error(req_id, 10167, "Requested market data is not subscribed. Displaying delayed market data.")
         subscription = Subscription(listing, delayed, {})
         self.send_quote(req_id, subscription, self.gateway.clock.now())
         if snapshot:
@@ -289,6 +332,92 @@ class Session(asyncio.Protocol):
 
     def cancel_mkt_data(self, fields):
         self.quotes.pop(int(fields[2]), None)
+
+    def live(self, listing: Listing) -> bool:
+        """Whether this login has live (not only delayed) market data for the listing's market."""
+        return market_of(listing) in self.gateway.live_data
+
+    def start_stream(self, req_id: int, stream):
+        """Keep a stream of streams.py for the market passes, and send what it has now."""
+        self.streams[req_id] = stream
+        for message in stream.update(self.gateway.clock.now()):
+            self.send(message)
+
+    def cancel_stream(self, fields):
+        self.streams.pop(incoming.req_id(fields), None)
+
+    def req_real_time_bars(self, fields):
+        """Real-time bars need live data, and count against historical data pacing, as at IB."""
+        req_id = int(fields[2])
+        listing = self.find_one(req_id, fields[3:15])
+        if listing is None:
+            return
+        bar_size, what, use_rth = fields[15], fields[16].strip().upper(), fields[17] == "1"
+        if int(bar_size or 0) != streams.REAL_TIME_BAR_SECONDS:
+            self.invalid(req_id, "barSize", f"real-time bars are 5 seconds long, not {bar_size}")
+            return
+        if what not in REAL_TIME_BAR_TYPES:
+            self.invalid(req_id, "whatToShow", f"real-time bars show one of {', '.join(REAL_TIME_BAR_TYPES)}, not {what}")
+            return
+        if not self.live(listing):
+            self.error(req_id, 420, f"Invalid Real-time Query:No market data permissions for {listing.primary_exchange} STK")
+            return
+        request = ("real-time bars", listing.con_id, what, use_rth)
+        why = self.gateway.historical_pacing.check(time.monotonic(), request, (listing.con_id, what),
+                                                   streams.REAL_TIME_BAR_SECONDS)
+        if why:
+            self.error(req_id, 420, f"Invalid Real-time Query:Historical data request pacing violation: {why}")
+            return
+        self.start_stream(req_id, streams.RealTimeBars(req_id, listing, what, use_rth, self.gateway.model,
+                                                       self.gateway.clock.now()))
+
+    def req_tick_by_tick(self, fields):
+        req_id = int(fields[1])
+        listing = self.find_one(req_id, fields[2:14])
+        if listing is None:
+            return
+        tick_type_name, number_of_ticks, ignore_size = fields[14:17]
+        tick_type = msg.TICK_BY_TICK_TYPES.get(tick_type_name)
+        if tick_type is None:
+            self.invalid(req_id, "tickType", f"{tick_type_name!r} is not one of {', '.join(msg.TICK_BY_TICK_TYPES)}")
+            return
+        if int(number_of_ticks or 0):
+            self.invalid(req_id, "numberOfTicks", "the simulated gateway does not send historical ticks first; "
+                                                  "request with numberOfTicks=0")
+            return
+        if self.refused_stream(req_id, listing, streams.TickByTick, MAX_TICK_BY_TICK_SUBSCRIPTIONS, 10190,
+                               "Max number of tick-by-tick requests has been reached."):
+            return
+        self.start_stream(req_id, streams.TickByTick(req_id, listing, tick_type, ignore_size == "1",
+                                                     self.gateway.model, self.gateway.clock.now()))
+
+    def req_mkt_depth(self, fields):
+        req_id = int(fields[2])
+        listing = self.find_one(req_id, fields[3:15])
+        if listing is None:
+            return
+        rows, smart = int(fields[15] or 0), fields[16] == "1"
+        if self.refused_stream(req_id, listing, streams.MarketDepth, MAX_DEPTH_SUBSCRIPTIONS, 309,
+                               f"Max number ({MAX_DEPTH_SUBSCRIPTIONS}) of market depth requests has been reached"):
+            return
+        rows = min(max(rows, 1), MAX_BOOK_LEVELS)
+        self.start_stream(req_id, streams.MarketDepth(req_id, listing, rows, smart, self.gateway.model))
+
+    def refused_stream(self, req_id: int, listing: Listing, kind: type, limit: int, code: int, text: str) -> bool:
+        """Refuse depth or tick-by-tick data without live data or beyond the login's limit of such
+        subscriptions (all clients together), as TWS does; True if refused."""
+        if not self.live(listing):
+            self.error(req_id, 354, "Requested market data is not subscribed."
+                                    f"{listing.symbol} {listing.primary_exchange}/TOP/ALL")
+            return True
+        if self.gateway.count_streams(kind) >= limit:
+            self.error(req_id, code, text)
+            return True
+        return False
+
+    def req_mkt_depth_exchanges(self, fields):
+        """The exchanges with market depth: here every primary exchange of the catalogue."""
+        self.send(msg.mkt_depth_exchanges(sorted({listing.primary_exchange for listing in catalogue.CATALOGUE})))
 
     def send_quote(self, req_id: int, sub: Subscription, now: float):
         """Send the quote's ticks that changed since the last ones sent on this request."""
@@ -314,13 +443,13 @@ class Session(asyncio.Protocol):
         if listing is None:
             return
         if keep_up_to_date:
-            self.error(req_id, 321, "Error validating request.-'keepUpToDate' : cause - the simulated gateway does not stream bar updates; request without keepUpToDate")
+            self.invalid(req_id, "keepUpToDate", "the simulated gateway does not stream bar updates; request without keepUpToDate")
             return
         try:
             seconds = bar_seconds(bar_size)
             end_time = parse_end(end, self.gateway.clock.now())
         except ValueError as e:
-            self.error(req_id, 321, f"Error validating request.-'{bar_size}' : cause - {e}")
+            self.invalid(req_id, bar_size, str(e))
             return
         request = (listing.con_id, end, bar_size, duration, use_rth, what)
         why = self.gateway.historical_pacing.check(time.monotonic(), request, (listing.con_id, what), seconds)
@@ -329,6 +458,21 @@ class Session(asyncio.Protocol):
             return
         self.gateway.spawn(self.send_bars(req_id, listing, end_time, duration, bar_size, use_rth == "1", what, int(format_date or 1)))
 
+    def req_head_timestamp(self, fields):
+        """The start of the earliest bar reqHistoricalData serves for the contract."""
+        req_id = int(fields[1])
+        listing = self.find_one(req_id, fields[2:14])
+        if listing is None:
+            return
+        use_rth, what, format_date = fields[15:18]
+        try:
+            parse_what_to_show(what)
+        except ValueError as e:
+            self.error(req_id, 162, f"Historical Market Data Service error message:{e}")
+            return
+        t = head_timestamp(listing, use_rth == "1")
+        self.send(msg.head_timestamp(req_id, t, listing.time_zone, int(format_date or 1)))
+
     async def send_bars(self, req_id, listing, end_time, duration, bar_size, use_rth, what, format_date):
         """Compute bars off the event loop: years of bars must not stall other clients."""
         model = self.gateway.model
@@ -336,7 +480,7 @@ class Session(asyncio.Protocol):
         try:
             bars = await loop.run_in_executor(None, model.bars, listing, end_time, duration, bar_size, use_rth, what)
         except ValueError as e:
-            self.error(req_id, 321, f"Error validating request.-'{duration}' : cause - {e}")
+            self.invalid(req_id, duration, str(e))
             return
         if not bars:
             self.error(req_id, 162, "Historical Market Data Service error message:HMDS query returned no data")
@@ -429,7 +573,7 @@ class Session(asyncio.Protocol):
             return
         account = account or next(iter(self.gateway.broker.accounts))
         if account not in self.gateway.broker.accounts:
-            self.error(-1, 321, f"Error validating request.-'acctCode' : cause - unknown account {account}")
+            self.invalid(-1, "acctCode", f"unknown account {account}")
             return
         self.account_updates = account
         self.account_sent.pop("updates", None)
@@ -455,11 +599,16 @@ class Session(asyncio.Protocol):
                 self.send(msg.portfolio_value(p, gateway.broker.mark_price(catalogue.by_con_id(p.con_id))))
         self.send(msg.account_update_time(gateway.clock.now()))
 
+    def known_account(self, req_id: int, account: str) -> bool:
+        """True if the account is this login's; else tell the client so."""
+        if account in self.gateway.broker.accounts:
+            return True
+        self.invalid(req_id, "account", f"unknown account {account}")
+        return False
+
     def req_account_updates_multi(self, fields):
         req_id, account = int(fields[2]), fields[3]
-        accounts = self.gateway.broker.accounts
-        if account not in accounts:
-            self.error(req_id, 321, f"Error validating request.-'account' : cause - unknown account {account}")
+        if not self.known_account(req_id, account):
             return
         self.account_multi[req_id] = account
         self.account_sent.pop(req_id, None)
@@ -472,6 +621,25 @@ class Session(asyncio.Protocol):
 
     def cancel_account_updates_multi(self, fields):
         self.account_multi.pop(int(fields[2]), None)
+
+    def req_pnl(self, fields):
+        req_id, account = int(fields[1]), fields[2]
+        if not self.known_account(req_id, account):
+            return
+        broker = self.gateway.broker
+        self.start_stream(req_id, streams.PnL(lambda: broker.account_pnl(account),
+                                              lambda figures: msg.pnl(req_id, *figures)))
+
+    def req_pnl_single(self, fields):
+        req_id, account, con_id = int(fields[1]), fields[2], int(fields[4] or 0)
+        if not self.known_account(req_id, account):
+            return
+        if catalogue.by_con_id(con_id) is None:
+            self.error(req_id, 200, NO_SECURITY)
+            return
+        broker = self.gateway.broker
+        self.start_stream(req_id, streams.PnL(lambda: broker.position_pnl(account, con_id),
+                                              lambda pnl: msg.pnl_single(req_id, pnl)))
 
     def req_account_summary(self, fields):
         """Summary tags are read in USD (the base currency); ``$LEDGER[:CUR|:ALL]`` adds per-currency rows."""
@@ -502,6 +670,10 @@ class Session(asyncio.Protocol):
         now and then revalue the portfolio."""
         for req_id, sub in self.quotes.items():
             self.send_quote(req_id, sub, now)
+        if self.streams:  # most clients have none: keep their pass as cheap as before
+            for stream in self.streams.values():
+                for message in stream.update(now):
+                    self.send(message)
         if self.account_updates and (portfolio_due or self.account_updates in self.accounts_changed):
             self.send_account(self.account_updates, portfolio=portfolio_due)
         for req_id, account in self.account_multi.items():
@@ -711,6 +883,11 @@ class SimGateway:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def count_streams(self, kind: type) -> int:
+        """Streams of this kind open across all clients: IB limits some per login."""
+        return sum(isinstance(stream, kind)
+                   for session in self.sessions.values() for stream in session.streams.values())
 
     def forget(self, session: Session):
         if session.client_id is not None and self.sessions.get(session.client_id) is session:
