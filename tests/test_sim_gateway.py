@@ -193,6 +193,7 @@ def test_market_order_fills_with_commission_and_position(ib):
     assert trade.orderStatus.filled == 10
     [fill] = trade.fills
     assert fill.execution.orderRef == "sig-1" and fill.execution.side == "BOT"
+    assert trade.orderStatus.avgFillPrice == fill.execution.price  # exactly, as TWS reports one fill
     assert fill.commissionReport.commission == 1.0  # 10 x 0.005 is below the USD 1 minimum
     assert fill.commissionReport.currency == "USD"
     wait_until(ib, lambda: "AAPL" in positions_of(ib))

@@ -409,7 +409,8 @@ class Broker:
         buying = order.action == "BUY"
         value_before = order.avg_fill_price * order.filled
         order.filled += shares
-        order.avg_fill_price = (value_before + price * shares) / order.filled
+        # Rounded as TWS reports it: one fill at 226.52 averages 226.52, not 226.52000000000004.
+        order.avg_fill_price = round((value_before + price * shares) / order.filled, 8)
         order.last_fill_price = price
         total_commission = commission_due(listing, order.filled, order.avg_fill_price * order.filled)
         commission = round(total_commission - order.commission, 2)
