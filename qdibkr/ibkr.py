@@ -49,6 +49,7 @@ class Status:
     account: str
     server_version: int | None
     server_time: dt.datetime | None
+    data_source: str | None  # connected: "ib" (TWS, IB Gateway) or "simulated-seed<N>" (IBKR.data_source)
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,8 @@ class IBKR:
         connected = self.ib.isConnected()
         server_time = await self._request("currentTime", self.ib.reqCurrentTimeAsync) if connected else None
         return Status(connected, s.host, s.port, s.client_id, self.account,
-                      self.ib.client.serverVersion() if connected else None, server_time)
+                      self.ib.client.serverVersion() if connected else None, server_time,
+                      self.data_source if connected else None)
 
     def status(self) -> Status:
         return self.run(self.status_async())

@@ -191,6 +191,7 @@ def test_status_connect_and_disconnect(client, gateway):
 
     data = ok(client.post("/api/ibkr/connect", json={"host": "127.0.0.1", "port": gateway.port, "clientId": 3}))
     assert data["connected"] and data["clientId"] == 3 and data["serverVersion"] >= 157 and data["serverTime"]
+    assert data["dataSource"] == "simulated-seed0" and status["dataSource"] is None
     assert set(gateway.sessions) == {3}
     body = refused(client.post("/api/ibkr/connect", json={"port": gateway.port, "clientId": 4}), 409)
     assert "disconnect first" in body["error"]

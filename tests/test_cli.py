@@ -63,6 +63,7 @@ def test_limit_order_listed_and_cancelled(cli):
 def test_status(cli):
     code, out, _ = cli("status")
     assert code == 0 and "server_version  176" in out and "DU1234567" in out
+    assert "data_source     simulated-seed0" in out
 
 
 def test_errors_are_plain_and_set_the_exit_code(cli, capsys):

@@ -25,6 +25,7 @@ def test_status(ibkr, gateway):
     assert status.connected and status.port == gateway.port and status.client_id == 1
     assert status.account == "DU1234567" and status.server_version == 176
     assert status.server_time is not None
+    assert status.data_source == "simulated-seed0"  # the simulator says so; TWS would give "ib"
 
 
 def test_one_connection_is_reused(ibkr):
