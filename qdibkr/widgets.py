@@ -264,8 +264,9 @@ class ConnectionForm(widgets.VBox):
         s = ibkr.settings
         if ibkr.ib.isConnected() and ibkr.account:
             mode = "paper" if ibkr.account.startswith("DU") else "LIVE"
-            self.status.value = line(f"connected: account {ibkr.account} ({mode}) at {s.host}:{s.port}, "
-                                     f"client id {s.client_id}", "ok")
+            where = "the simulated gateway" if ibkr.data_source != "ib" else "TWS"
+            self.status.value = line(f"connected: account {ibkr.account} ({mode}) at {s.host}:{s.port} "
+                                     f"({where}), client id {s.client_id}", "ok")
         else:
             self.status.value = line(self._attempt or "not connected",
                                      "error" if self._attempt.startswith("not connected") else "")

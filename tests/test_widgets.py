@@ -75,6 +75,7 @@ def test_connection_form_connects_refuses_and_explains(session, gateway):
         form.connect_button.click()
         await session.settle()
         assert "connected: account DU1234567 (paper)" in form.status.value
+        assert "(the simulated gateway)" in form.status.value
 
         ui.quotes.symbols.value = "AAPL 0700.HK"  # no live HK subscription: TWS says so, and qdibkr falls back
         ui.quotes.button.click()
