@@ -1,6 +1,6 @@
 """Schedules: strategy notebooks run on exchange trading days, by cron or relative to the session.
 
-A schedule file (TOML, one job each, in ``schedules/``)::
+A schedule file (TOML, or YAML with the same settings; one job each, in ``schedules/``)::
 
     name = "us_sma"                          # default: the file's name
     notebook = "../notebooks/us_sma.ipynb"   # relative to this file
@@ -143,14 +143,32 @@ class Job:
         return times.iloc[i].to_pydatetime().astimezone(self.zone)
 
 
+SCHEDULE_FILES = ("*.toml", "*.yaml", "*.yml")
+
+
+def _read_schedule(path: Path) -> dict:
+    """A schedule file's settings, from TOML or (by its suffix) YAML."""
+    if path.suffix == ".toml":
+        try:
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise InputError("schedule", f"{path} is not valid TOML: {e}") from None
+    import yaml  # papermill's dependency
+
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError("schedule", f"{path} is not valid YAML: {e}") from None
+    if not isinstance(spec, dict):
+        raise InputError("schedule", f"{path}: write the settings as a mapping (notebook: ..., cron: ...)")
+    return spec
+
+
 def load_job(path: Path) -> Job:
     """One schedule file, checked: every problem is an InputError naming the file and the field."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            spec = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError("schedule", f"{path} is not valid TOML: {e}") from None
+    spec = _read_schedule(path)
 
     def problem(field_name: str, text: str):
         raise InputError(field_name, f"{path}: {text}")
@@ -203,11 +221,12 @@ def schedules_dir() -> Path:
 
 
 def load_jobs(folder=None) -> list[Job]:
-    """Every ``*.toml`` schedule in ``folder`` (default: QDIBKR_SCHEDULES, else ./schedules)."""
+    """Every schedule (``*.toml``, ``*.yaml``, ``*.yml``) in ``folder`` (default: QDIBKR_SCHEDULES,
+    else ./schedules)."""
     folder = Path(folder or schedules_dir())
     if not folder.is_dir():
         raise InputError("schedules", f"{folder} is not a folder of schedule files")
-    jobs = [load_job(path) for path in sorted(folder.glob("*.toml"))]
+    jobs = [load_job(path) for path in sorted(p for pattern in SCHEDULE_FILES for p in folder.glob(pattern))]
     names = [job.name for job in jobs]
     for name in set(names):
         if names.count(name) > 1:

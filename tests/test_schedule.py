@@ -80,6 +80,22 @@ def test_schedule_files_are_checked(folder):
         load_jobs(folder)
 
 
+def test_yaml_schedules_take_the_same_settings(folder):
+    toml = load_job(schedule(folder, "us_toml", 'at = "close-10m"\ncalendar = "XNYS"\nmissed = "run"\n'
+                                           '[parameters]\nmode = "live"\nsymbols = ["AAPL", "MSFT"]'))
+    (folder / "us.yaml").write_text('name: us\nnotebook: ../quick.ipynb\nat: close-10m\ncalendar: XNYS\n'
+                                    'missed: run\nparameters:\n  mode: live\n  symbols: [AAPL, MSFT]\n')
+    yaml = load_job(folder / "us.yaml")
+    assert {**vars(yaml), "source": None} == {**vars(toml), "name": "us", "source": None}
+    (folder / "us.yaml").unlink()
+    (folder / "bad.yml").write_text("notebook: [unclosed\n")
+    with pytest.raises(InputError, match=r"bad.yml is not valid YAML"):
+        load_jobs(folder)
+    (folder / "bad.yml").write_text("- a list, not settings\n")
+    with pytest.raises(InputError, match=r"bad.yml: write the settings as a mapping"):
+        load_jobs(folder)
+
+
 # ------------------------------------------------------------------ the scheduler
 def test_only_trading_days_run_and_a_missed_slot_runs_once_or_is_skipped(folder, store, tmp_path):
     schedule(folder, "late", 'cron = "35 9 * * *"\ncalendar = "XNYS"\nmissed = "run"\ngrace = "2m"')
