@@ -1,5 +1,6 @@
 """The simulated gateway, driven by the real ib_insync client over a real loopback socket."""
 
+import asyncio
 import socket
 import struct
 import time
@@ -315,6 +316,25 @@ def test_pacing_violation_gets_error_100(connect):
     for _ in range(80):
         ib.client.reqCurrentTime()
     wait_until(ib, lambda: any(code == 100 for _, code, _ in seen))
+
+
+def test_a_client_that_keeps_violating_pacing_is_disconnected(connect, gateway):
+    ib, other = connect(5), connect(6)
+    seen = errors_of(ib)
+    ib.client.MaxRequests = 0  # switch off ib_insync's own throttle
+
+    async def flood():  # about 200 messages a second, until TWS has had enough
+        while ib.isConnected():
+            for _ in range(10):
+                ib.client.reqCurrentTime()
+            await asyncio.sleep(0.05)  # the flood's rate, not a synchronisation
+
+    with pytest.raises(ConnectionError, match="Socket disconnect"):  # ib_insync's word for the close
+        util.run(asyncio.wait_for(flood(), timeout=10))
+    violations = [text for _, code, text in seen if code == 100]
+    assert len(violations) == 3 and violations[-1].endswith("(3)")  # one per second of violation
+    assert 5 not in gateway.sessions and other.isConnected()  # only the offender is cut off
+    assert other.reqCurrentTime()
 
 
 def test_two_clients_see_their_own_and_all_orders(connect):

@@ -66,6 +66,7 @@ class MessageRate:
     def must_disconnect(self) -> bool:
         return self.violations >= VIOLATIONS_BEFORE_DISCONNECT
 
+
 class HistoricalPacing:
     """Remembers recent historical data requests of the whole gateway."""
 
