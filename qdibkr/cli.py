@@ -195,6 +195,11 @@ def cmd_runner(args):
 
 
 def cmd_order(args):
+    from .runner import HALTED_KEY
+
+    halted = queue_store(args).get(HALTED_KEY)
+    if halted:  # the kill switch stops direct orders too, as it does those of the HTTP API
+        raise QdibkrError(f"trading is halted ({halted}); `qdibkr resume` lifts the kill switch")
     with connected(args) as ibkr:
         result = ibkr.place_order(args.symbol, args.side, args.quantity, limit=args.limit, tif=args.tif,
                                   market_type=args.market)
@@ -278,10 +283,26 @@ def report_run(run):
     print(f"{run.signals} signal(s) released to the runner")
 
 
+def check_parameters(notebook: str, parameters: dict):
+    """Refuse a parameter the notebook's ``parameters`` cell does not define: papermill would only log
+    it, and the run would go on with the default (``-p modee live`` would run in research mode)."""
+    import papermill
+
+    known = papermill.inspect_notebook(notebook)
+    unknown = sorted(set(parameters) - set(known))
+    if known and unknown:  # a notebook without a parameters cell takes whatever it is given
+        raise InputError("parameter", f"{notebook} has no parameter {', '.join(unknown)}; "
+                                      f"its parameters are {', '.join(known)}")
+
+
 def cmd_run(args):
+    from pathlib import Path
+
     from .runs import run_notebook
 
     parameters = {name: parameter_value(value) for name, value in args.parameters or []}
+    if Path(args.notebook).is_file():
+        check_parameters(args.notebook, parameters)
     report_run(run_notebook(args.notebook, parameters, store=queue_store(args), output_dir=args.runs,
                             timeout=args.timeout))
 
@@ -354,6 +375,17 @@ def quantity(text: str) -> float:
     if value <= 0 or not value.is_integer():
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive whole number of shares")
     return int(value)
+
+
+def count(text: str) -> int:
+    """A --limit N: the store takes 0 or less for no limit at all, which is not what N says."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     signal.add_argument("--key", help="idempotency key: the same key queues one signal however often it is sent")
     queue = command("queue", cmd_queue, "signals and their orders' status", output)
     queue.add_argument("--strategy")
-    queue.add_argument("--limit", type=int, default=50, help="the latest N signals (default 50)")
+    queue.add_argument("--limit", type=count, default=50, help="the latest N signals (default 50)")
     cancel_signal = command("cancel-signal", cmd_cancel_signal, "cancel a signal not yet filled")
     cancel_signal.add_argument("signal_id", help="its id, or the start of it as `qdibkr queue` shows")
     halt = command("halt", cmd_halt, "kill switch: the runner sends nothing until resumed")

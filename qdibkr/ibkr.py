@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import math
+import socket
 from dataclasses import asdict, dataclass
 
 import nest_asyncio2
@@ -163,6 +164,12 @@ def _num(x) -> float | None:
     return float(x)
 
 
+def positive_price(value) -> bool:
+    """A price TWS can take: a finite number above 0 (infinity reaches TWS as 'Infinite', a malformed
+    order it refuses with error 320; True is no price even if Python counts it as 1)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+
+
 def _reason(text: str) -> str:
     """IB's rejection text after its ``Order rejected - reason:`` prefix."""
     return text.split("reason:", 1)[1].strip() if "reason:" in text else text
@@ -253,6 +260,11 @@ class IBKR:
         errors.clear()
         try:
             await self._connect_or_hang_up()
+        except socket.gaierror as e:  # before OSError: no handshake was ever tried, the name is the problem
+            raise ConnectError(
+                f"could not connect to TWS/IB Gateway at {s.host}:{s.port}: the host name {s.host!r} cannot be "
+                f"resolved ({e.strerror}). Check the host (--host, QDIBKR_HOST, host=...); TWS on this machine "
+                f"is 127.0.0.1.") from None
         except ConnectionRefusedError:
             raise ConnectError(
                 f"could not connect to TWS/IB Gateway at {s.host}:{s.port}: nothing is listening there. "
@@ -449,12 +461,14 @@ class IBKR:
         tif = (tif or "DAY").upper()
         if tif not in ("DAY", "GTC"):
             raise InputError("tif", f"{tif!r} is not a time in force; use DAY or GTC")
-        if limit is not None and (not isinstance(limit, (int, float)) or not limit > 0):
+        if limit is not None and not positive_price(limit):
             raise InputError("price", f"{limit!r} must be a positive limit price")
         sym, contract, lot = await self.contract_async(symbol, market_type)
         if quantity % lot:
             raise InputError("quantity", f"{sym} trades in board lots of {lot:g} shares; {quantity:g} is not a "
                                          f"multiple (try {max(lot, quantity - quantity % lot):g})")
+        if action == "SELL":
+            await self._refuse_short_sale(sym, contract, quantity)
         trade = self.submit(contract, action, quantity, limit=limit, tif=tif, order_ref=order_ref)
         result = await self._answer(trade, trade.order.orderId)
         if limit is None and result.status not in DONE_STATUSES:
@@ -466,6 +480,20 @@ class IBKR:
             # fill are processed when this returns, so positions() read next agree.
             await self._request("currentTime", self.ib.reqCurrentTimeAsync)
         return result
+
+    async def _refuse_short_sale(self, sym: Symbol, contract: Contract, quantity: float):
+        """Short selling is not supported, so a sale may not exceed the shares the account holds less
+        those its open sell orders (of any client) have yet to sell. Checked here, before sending:
+        TWS itself refuses it only in a cash account, and sells short in a margin account."""
+        held = sum(p.position for p in self.ib.positions(self.account) if p.contract.conId == contract.conId)
+        await self._request("openOrders", self.ib.reqAllOpenOrdersAsync)
+        selling = sum(t.order.totalQuantity - t.orderStatus.filled for t in self.ib.openTrades()
+                      if t.contract.conId == contract.conId and t.order.action == "SELL"
+                      and t.order.account in ("", self.account))
+        if quantity > held - selling:
+            raise InputError("quantity", f"selling {quantity:g} {sym} would sell short: account {self.account} "
+                                         f"holds {held:g}" + (f" and open orders already sell {selling:g}" if selling
+                                                              else "") + "; short selling is not supported")
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
         return self.run(self.place_order_async(symbol, side, quantity, **kwargs))

@@ -13,6 +13,7 @@ import os
 import socket
 
 from .errors import InputError
+from .ibkr import positive_price
 from .store import Store
 from .symbols import HK_SHARE, parse_symbol
 
@@ -62,7 +63,7 @@ def emit(signal_type: str, symbol: str, quantity: int | None = None, *, strategy
     elif isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0 \
             or not float(quantity).is_integer():
         raise InputError("quantity", f"{quantity!r} must be a positive whole number of shares")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+    if limit is not None and not positive_price(limit):
         raise InputError("limit", f"{limit!r} must be a positive limit price (or None for a market order)")
     tif = (tif or "").upper()
     if tif not in ("DAY", "GTC"):

@@ -351,8 +351,12 @@ def test_invalid_orders_send_nothing(connected, gateway, store):
     assert order_count(gateway) == before
 
     store.set(HALTED_KEY, None)
-    rejected = refused(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "sell", "quantity": 5}), 502)
-    assert rejected["twsCode"] == 201 and "short selling" in rejected["error"]  # IB's reason, passed on
+    short = refused(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "sell", "quantity": 5}),
+                    400, "quantity")
+    assert "would sell short" in short["error"] and order_count(gateway) == before  # refused before TWS sees it
+    rejected = refused(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 100_000}),
+                       502)
+    assert rejected["twsCode"] == 201 and "insufficient cash" in rejected["error"]  # IB's reason, passed on
 
 
 # ---------------------------------------------------------------- quotes

@@ -70,17 +70,36 @@ def test_errors_are_plain_and_set_the_exit_code(cli, capsys):
     code, _, err = cli("order", "buy", "700", "150")
     assert code == 2 and "quantity: 0700.HK trades in board lots of 100 shares" in err
     code, _, err = cli("order", "sell", "AAPL", "1")
-    assert code == 1 and "short selling is not allowed" in err
+    assert code == 2 and "quantity: selling 1 AAPL would sell short" in err
     code, _, err = cli("quote", "NOPE")
     assert code == 1 and "no security definition" in err and "0700.HK, 00700 or 700" in err
     code, _, err = run(capsys, "status", "--preset", "gateway-live")
     assert code == 1 and "gateway-live port" in err and "--live" in err
 
 
+def test_the_kill_switch_stops_direct_orders_too(cli, capsys, tmp_path, gateway):
+    db = str(tmp_path / "queue.sqlite")
+    run(capsys, "halt", "--db", db, "--reason", "checking the books")
+    code, _, err = cli("order", "buy", "AAPL", "1", "--db", db)
+    assert code == 1 and "trading is halted (checking the books)" in err and "qdibkr resume" in err
+    assert gateway.broker.orders == {}
+    run(capsys, "resume", "--db", db)
+    code, out, _ = cli("order", "buy", "AAPL", "1", "--db", db, "--json")
+    assert code == 0 and json.loads(out)["status"] == "Filled"
+
+
 def test_bad_quantity_is_refused_by_the_parser(cli):
     with pytest.raises(SystemExit) as e:
         cli("order", "buy", "AAPL", "1.5")
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_queue_limit_must_be_positive(capsys, tmp_path, limit):
+    """The queue reads --limit 0 or -1 as no limit: the parser must not pass them on."""
+    with pytest.raises(SystemExit) as e:
+        main(["queue", "--db", str(tmp_path / "queue.sqlite"), "--limit", limit])
+    assert e.value.code == 2 and f"argument --limit: '{limit}' must be at least 1" in capsys.readouterr().err
 
 
 # The commands that print a table, with the arguments each needs besides --json.

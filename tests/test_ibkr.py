@@ -1,6 +1,7 @@
 """qdibkr's client layer against the simulated gateway over a real socket."""
 
 import logging
+import math
 import socket
 import time
 
@@ -38,6 +39,13 @@ def test_one_connection_is_reused(ibkr):
 def test_nothing_listening_says_start_tws_and_lists_presets():
     with pytest.raises(ConnectError, match="nothing is listening there.*Start TWS or IB Gateway.*tws-paper 7497"):
         IBKR(port=free_port()).connect()
+
+
+def test_a_host_name_that_does_not_resolve_says_so():
+    # .invalid is reserved (RFC 2606): it never resolves, so no handshake was tried to blame
+    with pytest.raises(ConnectError, match="host name 'tws.invalid' cannot be resolved.*127.0.0.1") as e:
+        IBKR(host="tws.invalid", port=free_port()).connect()
+    assert "handshake" not in str(e.value)
 
 
 def test_client_id_in_use_suggests_another_quickly(ibkr, gateway):
@@ -146,6 +154,8 @@ def test_board_lot_is_checked_before_sending(ibkr, gateway):
     (dict(symbol="AAPL", side="buy", quantity=1.5), "quantity"),
     (dict(symbol="AAPL", side="buy", quantity=1, tif="IOC"), "tif"),
     (dict(symbol="AAPL", side="buy", quantity=1, limit=-3), "price"),
+    (dict(symbol="AAPL", side="buy", quantity=1, limit=math.inf), "price"),  # TWS would refuse it as malformed
+    (dict(symbol="AAPL", side="buy", quantity=1, limit=True), "price"),
     (dict(symbol="AAPL", side="buy", quantity=1, market_type="HShare"), "symbol"),
 ])
 def test_bad_order_input_names_the_field_and_sends_nothing(ibkr, gateway, kwargs, field):
@@ -158,8 +168,23 @@ def test_bad_order_input_names_the_field_and_sends_nothing(ibkr, gateway, kwargs
 def test_rejection_shows_ibs_reason(ibkr):
     with pytest.raises(OrderRejected, match="IB rejected order \\d+ \\(error 201\\): insufficient cash"):
         ibkr.place_order("AAPL", "buy", 100_000)
-    with pytest.raises(OrderRejected, match="short selling is not allowed"):
+
+
+def test_a_sale_beyond_what_is_held_is_refused_before_sending(ibkr, gateway):
+    """No short selling: TWS would refuse it only in a cash account like the simulator's, so qdibkr
+    checks the position, less what open sell orders of any client have yet to sell, itself."""
+    with pytest.raises(InputError, match="selling 5 AAPL would sell short: account DU1234567 holds 0") as e:
         ibkr.place_order("AAPL", "sell", 5)
+    assert e.value.field == "quantity" and gateway.broker.orders == {}
+    ibkr.place_order("AAPL", "buy", 5)
+    [quote] = ibkr.quote("AAPL")
+    with IBKR(port=gateway.port, client_id=2) as other:  # another client's resting sale of 3 of the 5
+        other.place_order("AAPL", "sell", 3, limit=round(quote.ask * 1.05, 2))
+    sent = len(gateway.broker.orders)
+    with pytest.raises(InputError, match="holds 5 and open orders already sell 3"):
+        ibkr.place_order("AAPL", "sell", 3)
+    assert len(gateway.broker.orders) == sent
+    assert ibkr.place_order("AAPL", "sell", 2).status == "Filled"  # what is left to sell
 
 
 def test_limit_order_listed_for_all_clients_then_cancelled(ibkr, gateway):

@@ -58,6 +58,7 @@ def test_emit_validates_and_stores_nothing_invalid(store):
         (dict(signal_type="open_long", symbol="AAPL", quantity=2.5), "quantity"),
         (dict(signal_type="open_long", symbol="AAPL", quantity=None), "quantity"),
         (dict(signal_type="open_long", symbol="AAPL", quantity=1, limit=0), "limit"),
+        (dict(signal_type="open_long", symbol="AAPL", quantity=1, limit=float("inf")), "limit"),  # TWS: malformed
         (dict(signal_type="open_long", symbol="AAPL", quantity=1, tif="IOC"), "tif"),
         (dict(signal_type="open_long", symbol="AAPL!", quantity=1), "symbol"),
         (dict(signal_type="reduce_long", symbol="AAPL", quantity=11), "quantity"),

@@ -101,6 +101,15 @@ def test_qdibkr_run(store, emitter, tmp_path, capsys):
     assert ": failed in" in captured.out and "none of its signals will trade: RuntimeError: half way" in captured.err
 
 
+def test_qdibkr_run_refuses_a_parameter_the_notebook_lacks(store, emitter, tmp_path, capsys):
+    """A misspelt parameter must not run the notebook with the default instead (papermill only logs it)."""
+    args = ["run", str(emitter), "--db", str(store.path), "--runs", str(tmp_path / "runs"), "-p", "strategi", "x"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "has no parameter strategi; its parameters are strategy, orders, gate, fail" in err
+    assert store.runs() == [] and not (tmp_path / "runs").exists()  # nothing ran, nothing was recorded
+
+
 # ------------------------------------------------------------------ kernels started ahead
 @pytest.fixture
 def probe(tmp_path) -> Path:
