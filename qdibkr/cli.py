@@ -10,8 +10,10 @@ quick ``qdibkr quote AAPL`` starts as fast as a bare ib_insync script.
 
 import argparse
 import dataclasses
+import datetime as dt
 import json
 import logging
+import os
 import sys
 
 from .config import PRESETS
@@ -20,11 +22,18 @@ from .errors import InputError, QdibkrError
 
 
 # ------------------------------------------------------------------ output
+def print_json(payload):
+    """JSON for scripts: times in ISO 8601 (with their zone), anything else unusual as text."""
+    def plain(value):
+        return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else str(value)
+
+    print(json.dumps(payload, default=plain, indent=2))
+
+
 def show(result, as_json: bool, vertical: bool = False):
     rows = records(result)
     if as_json:
-        payload = rows[0] if dataclasses.is_dataclass(result) else rows
-        print(json.dumps(payload, default=str, indent=2))
+        print_json(rows[0] if dataclasses.is_dataclass(result) else rows)
     elif vertical:  # one record: a field per line reads better than a wide table
         width = max(map(len, rows[0]))
         print("\n".join(f"{k.ljust(width)}  {cell(v)}" for k, v in rows[0].items()))
@@ -59,7 +68,7 @@ def cmd_positions(args):
         return
     mine = [p for p in queue_store(args).positions(args.strategy)]
     if args.json:
-        print(json.dumps({"strategy": records(mine), "account": records(account)}, default=str, indent=2))
+        print_json({"strategy": records(mine), "account": records(account)})
     else:
         print(f"strategy {args.strategy} (from the queue's fills)\n{table(records(mine))}\n")
         print(f"IB account\n{table(records(account))}")
@@ -127,8 +136,6 @@ QUEUE_COLUMNS = ("seq", "id", "created_at", "strategy", "signal_type", "symbol",
 
 
 def cmd_queue(args):
-    import datetime as dt
-
     signals = queue_store(args).signals(strategy=args.strategy, limit=args.limit)
     rows = [{k: v for k, v in r.items() if k in QUEUE_COLUMNS} for r in records(signals)]
     if not args.json:
@@ -308,8 +315,6 @@ def cmd_run(args):
 
 
 def cmd_schedule(args):
-    import datetime as dt
-
     from .schedule import Scheduler, load_jobs
 
     store = queue_store(args)
@@ -521,6 +526,9 @@ def main(argv=None) -> int:
         return 2
     except QdibkrError as e:
         print(f"qdibkr: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `qdibkr queue | head` closed the pipe: not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own exit flush would fail
         return 1
     return 0
 

@@ -1,5 +1,6 @@
 """The qdibkr command line, in-process against the gateway fixture and as fresh processes."""
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 
 import pytest
 
+from qdibkr import emit
 from qdibkr.cli import build_parser, main
 
 
@@ -64,6 +66,26 @@ def test_status(cli):
     code, out, _ = cli("status")
     assert code == 0 and "server_version  176" in out and "DU1234567" in out
     assert "data_source     simulated-seed0" in out
+
+
+def test_json_times_are_iso_8601(cli):
+    code, out, _ = cli("status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["server_time"][10] == "T"  # 2026-11-25T14:30:00+00:00
+    assert dt.datetime.fromisoformat(status["server_time"]).tzinfo is not None
+
+
+def test_output_cut_short_by_a_pipe_is_no_error(store, tmp_path):
+    for i in range(200):
+        emit("open_long", "AAPL", 1 + i, strategy="pipe", store=store)
+    qdibkr = shutil.which("qdibkr") or pytest.fail("the qdibkr console script is not installed")
+    # JSON: 200 signals come to more than a pipe's 64 KiB buffer, so the writer meets the closed end.
+    listing = subprocess.Popen([qdibkr, "queue", "--db", str(store.path), "--limit", "200", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    listing.stdout.readline()
+    listing.stdout.close()  # as `| head -1` does
+    err = listing.stderr.read().decode()
+    assert listing.wait(30) == 1 and "Traceback" not in err and "BrokenPipe" not in err
 
 
 def test_errors_are_plain_and_set_the_exit_code(cli, capsys):
