@@ -163,7 +163,8 @@ def failure(exc: Exception) -> tuple[int, str, str | None, int | None]:
     if isinstance(exc, TWSError):
         return 502, str(exc), None, exc.code
     if isinstance(exc, OSError):  # ConnectError, and ib_insync's connection lost or timed out mid-request
-        return 502, str(exc) or f"TWS/IB Gateway did not answer ({type(exc).__name__})", None, None
+        return (502, str(exc) or f"TWS/IB Gateway did not answer ({type(exc).__name__})", None,
+                getattr(exc, "code", None))
     return 500, "internal error in qdibkr; the server's log has the details", None, None
 
 

@@ -19,7 +19,11 @@ class UnknownOrder(InputError):
 
 
 class ConnectError(QdibkrError, ConnectionError):
-    """TWS / IB Gateway could not be reached, or refused us."""
+    """TWS / IB Gateway could not be reached, or refused us (``code``: TWS's error code, if it said one)."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class NotConnectedError(QdibkrError, ConnectionError):

@@ -274,8 +274,8 @@ class IBKR:
             if any(code == 326 for code, _ in errors):
                 raise ConnectError(
                     f"client id {s.client_id} is already in use by another program connected to this TWS/Gateway. "
-                    f"Use a different client id: --client-id {s.client_id + 1}, client_id={s.client_id + 1} "
-                    f"or QDIBKR_CLIENT_ID.") from None
+                    f"Use a different client id: --client-id {s.client_id + 1}, client_id={s.client_id + 1}, "
+                    f"\"clientId\": {s.client_id + 1} over HTTP, or QDIBKR_CLIENT_ID.", code=326) from None
             raise ConnectError(
                 f"TWS/IB Gateway at {s.host}:{s.port} did not complete the API handshake ({type(e).__name__}). "
                 f"Enable the API (Configure > API > Settings > 'Enable ActiveX and Socket Clients'), allow "

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from ib_insync import IB
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -218,6 +219,13 @@ def test_connect_failures(client, gateway):
     refused(client.post("/api/ibkr/connect", json={"host": "bad host\x00"}), 400, "host")
     refused(client.post("/api/ibkr/connect", json={"port": gateway.port, "live": True}), 400, "live")
     assert gateway.sessions == {}
+
+    holder = IB().connect("127.0.0.1", gateway.port, clientId=8, timeout=5)  # another program, client id 8
+    try:
+        body = refused(client.post("/api/ibkr/connect", json={"port": gateway.port, "clientId": 8}), 502)
+        assert body["twsCode"] == 326 and '"clientId": 9' in body["error"]
+    finally:
+        holder.disconnect()
 
 
 def test_live_port_needs_the_servers_opt_in(client):
