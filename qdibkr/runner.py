@@ -175,9 +175,15 @@ class Runner:
         self.wake.set()
 
     def idle(self) -> bool:
-        """Nothing in flight, and nothing pending that may be sent (while halted, nothing may)."""
-        waiting = IN_FLIGHT if self.store.get(HALTED_KEY) else ("pending",) + IN_FLIGHT
-        return not self.store.signals(statuses=waiting)
+        """Nothing in flight, and nothing pending that may be sent now: while halted nothing may, and
+        a signal queued behind a held one of its strategy and symbol waits for that one (until the
+        market opens, say), which a ``--once`` run from cron must not sit out."""
+        if self.store.get(HALTED_KEY):
+            return not self.store.signals(statuses=IN_FLIGHT)
+        signals = self.store.signals(statuses=("held", "pending") + IN_FLIGHT)
+        held = {(s.strategy, s.symbol) for s in signals if s.status == "held"}
+        return all(s.status == "held" or (s.status == "pending" and (s.strategy, s.symbol) in held)
+                   for s in signals)
 
     async def connect(self):
         """Connect, retrying with backoff while TWS is away."""

@@ -183,8 +183,11 @@ def test_outside_hours_holds_by_default(store, gateway, monkeypatch):
     run_once(store, gateway, RiskConfig())
     [signal] = store.signals()
     assert signal.status == "held" and "outside trading hours" in signal.reason
+    emit("add_long", "AAPL", 2, strategy="a", store=store)  # queued behind the held one
+    run_once(store, gateway, RiskConfig())  # a --once run ends: nothing can be sent before the open
+    assert statuses(store) == [("open_long", "held"), ("add_long", "pending")]
     run_once(store, gateway, RiskConfig(outside_hours="reject"))
-    assert store.signals()[0].status == "rejected"
+    assert statuses(store) == [("open_long", "rejected"), ("add_long", "rejected")]
 
 
 def test_kill_switch_stops_sending_and_survives_restarts(store, gateway):
