@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     halt.add_argument("--reason", default="halted by the user")
     command("resume", cmd_resume, "lift the kill switch")
     runner = command("runner", cmd_runner, "turn queued signals into orders (its own client id, default 90)", conn)
-    runner.add_argument("--once", action="store_true", help="exit when nothing can be sent now (held signals and those behind them wait) and nothing is in flight")
+    runner.add_argument("--once", action="store_true", help="exit when nothing can be sent now (held signals and "
+                                                            "those behind them wait) and nothing is in flight")
     runner.add_argument("--wait", action="store_true", help="if another runner holds the queue, wait for it")
     sim = command("sim", cmd_sim, "run the simulated TWS gateway (paper account, offline)")
     sim.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
