@@ -271,9 +271,18 @@ class Runner:
         trades = await self.ibkr.known_trades_async(REF_PREFIX)
         for trade in trades.values():
             self._on_status(trade)
+        executed = Counter()  # shares by orderRef in the executions TWS still reports
         for fill in self.ibkr.ib.fills():
-            if fill.execution.orderRef.startswith(REF_PREFIX) and fill.commissionReport.execId:
-                self._record(fill)
+            if fill.execution.orderRef.startswith(REF_PREFIX):
+                executed[fill.execution.orderRef] += fill.execution.shares
+                if fill.commissionReport.execId:
+                    self._record(fill)
+        for ref, trade in trades.items():
+            # Known only as a completed order (no live status this session), with fewer shares in the
+            # executions than it filled: those fills were on an earlier day.
+            missing = _filled(trade) - executed[ref]
+            if not trade.orderStatus.filled and missing > 0:
+                self._flag_missing_executions(ref[len(REF_PREFIX):], missing)
         for signal in self.store.signals(statuses=IN_FLIGHT):
             if signal.order_ref in trades:
                 continue
@@ -285,6 +294,20 @@ class Runner:
                 final = "filled" if filled >= (signal.order_quantity or 0) else "cancelled"
                 self.store.update_signal(signal.id, status=final, filled=filled,
                                          reason="" if final == "filled" else "TWS no longer knows this order")
+
+    def _flag_missing_executions(self, signal_id: str, missing: float):
+        """TWS reports only the day's executions: shares filled on an earlier day while no runner
+        was connected can not be recorded (their price and commission are gone). Say so on the
+        signal, rather than let its strategy's positions silently fall short of the account's."""
+        signal = self.store.signal(signal_id)
+        if signal is None:
+            return
+        reason = (f"{missing:g} shares filled at IB while no runner was connected, on an earlier day: TWS no longer "
+                  f"reports those executions, so strategy {signal.strategy}'s positions lack them; "
+                  f"`qdibkr reconcile` shows the difference")
+        if signal.reason != reason:
+            log.warning("signal %s: %s", signal_id[:8], reason)
+            self.store.update_signal(signal_id, reason=reason)
 
     # ------------------------------------------------------------ sending
     async def work(self):

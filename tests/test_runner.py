@@ -229,3 +229,26 @@ def test_a_second_runner_is_refused(store, gateway):
         with closing(asyncio.new_event_loop()) as loop, \
                 pytest.raises(RunnerBusy, match="another runner holds the queue"):
             loop.run_until_complete(second.run(once=True))
+
+
+def test_fills_made_on_an_earlier_day_while_no_runner_was_up_are_flagged(store, gateway):
+    from .test_runner_keepalive import Serving
+
+    emit("open_long", "AAPL", 5, strategy="away", limit=round(bid(gateway, "AAPL") * 0.995, 2), tif="GTC",
+         store=store)
+    serving = Serving(Runner(store, runner_settings(port=gateway.port), ALWAYS))
+    assert serving.when(lambda: store.signals()[0].status == "submitted").wait(30)
+    serving.stop()  # the runner is down while the limit rests, fills, and the day ends
+    [order] = gateway.broker.orders.values()
+    for _ in range(200):
+        if order.filled:
+            break
+        gateway.advance(3600)
+    assert order.filled == 5
+    gateway.advance(2 * 86400)  # TWS reports the executions of the current day only
+
+    run_once(store, gateway)
+    [signal] = store.signals()
+    assert signal.status == "filled" and signal.filled == 5 and store.fills() == []
+    assert "5 shares filled at IB while no runner was connected" in signal.reason
+    assert "qdibkr reconcile" in signal.reason

@@ -55,19 +55,23 @@ class Serving:
     def _connected(self):
         self.connections += 1
 
-    def when_filled(self, store: Store, *signal_ids: str) -> threading.Event:
-        """An event set once every one of these signals is filled, checked after each batch of messages
-        the runner receives (fills come in one; a fill the reconcile adopts is seen at the next, and
-        the gateway revalues the portfolio every few seconds)."""
+    def when(self, condition) -> threading.Event:
+        """An event set once ``condition()`` holds, checked after each batch of messages the runner
+        receives (fills come in one; a fill the reconcile adopts is seen at the next, and the
+        gateway revalues the portfolio every few seconds)."""
         done = threading.Event()
 
         def check():
-            if all(store.signal(i).status == "filled" for i in signal_ids):
+            if condition():
                 done.set()
 
         self.runner.ibkr.ib.updateEvent += check
         check()
         return done
+
+    def when_filled(self, store: Store, *signal_ids: str) -> threading.Event:
+        """An event set once every one of these signals is filled."""
+        return self.when(lambda: all(store.signal(i).status == "filled" for i in signal_ids))
 
     def stop(self):
         self.loop.call_soon_threadsafe(self.runner.stop)
