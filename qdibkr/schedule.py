@@ -250,6 +250,15 @@ def job_lock(store: Store, job: Job):
         yield
 
 
+def _shut_down_once_started(kernel: Future):
+    """Shut down a warm kernel that no run will take: now if it has started, else when it has."""
+    def shut_down(started: Future):
+        if started.exception() is None:
+            started.result().shutdown()
+
+    kernel.add_done_callback(shut_down)
+
+
 class Scheduler:
     """Runs due jobs; see the module's notes. ``clock`` (aware datetimes) is replaceable for tests;
     ``warm_ahead`` 0 starts every run's kernel at its slot."""
@@ -340,12 +349,14 @@ class Scheduler:
 
     def _warm_kernel(self, job: Job, slot: dt.datetime) -> Kernel | None:
         """The kernel warmed for this slot, waiting for it if it is still starting; None if there is
-        none or it failed to start (the run then starts its own)."""
-        warm_slot, future = self._warm.get(job.name, (None, None))
-        if warm_slot != slot:
-            self._drop_warm(job.name)  # warmed for a slot that passed without a run here
+        none or it failed to start (the run then starts its own). One pop takes it: ``stop()`` may be
+        dropping the warm kernels in another thread meanwhile."""
+        warm_slot, future = self._warm.pop(job.name, (None, None))
+        if future is None:
             return None
-        del self._warm[job.name]
+        if warm_slot != slot:  # warmed for a slot that passed without a run here
+            _shut_down_once_started(future)
+            return None
         try:
             return future.result()
         except Exception:
@@ -354,13 +365,9 @@ class Scheduler:
 
     def _drop_warm(self, name: str):
         """Shut down the kernel warmed for job ``name``, once it has started, if there is one."""
-        def shut_down(future: Future):
-            if future.exception() is None:
-                future.result().shutdown()
-
         _, future = self._warm.pop(name, (None, None))
         if future:
-            future.add_done_callback(shut_down)
+            _shut_down_once_started(future)
 
     def skip(self, job: Job, slot: dt.datetime, reason: str) -> Run:
         log.info("job %s: slot %s skipped: %s", job.name, slot.isoformat(), reason)

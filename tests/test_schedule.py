@@ -230,6 +230,16 @@ def test_serve_starts_the_kernel_ahead_and_the_run_at_the_slot_takes_it(tmp_path
     assert not kernel.result().alive()
 
 
+def test_a_kernel_warmed_for_another_slot_is_shut_down_not_used(folder, store, tmp_path):
+    schedule(folder, "every", 'cron = "* * * * *"')
+    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs")
+    job = scheduler.job("every")
+    first = at(dt.timezone.utc, 2026, 11, 25, 10, 0)
+    kernel = scheduler.warm(job, first).result()  # started, for a slot that then passes unrun
+    run = scheduler.run(job, first + dt.timedelta(minutes=1))
+    assert run.status == "succeeded" and not kernel.alive()
+
+
 def test_qdibkr_schedule_list_and_run(folder, store, tmp_path, capsys):
     schedule(folder, "us", 'at = "close-10m"\ncalendar = "XNYS"')
     common = ["--dir", str(folder), "--db", str(store.path), "--runs", str(tmp_path / "runs")]
