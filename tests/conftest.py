@@ -40,6 +40,17 @@ def connect(gateway):
 
 
 @pytest.fixture
+def ib_async_client(gateway):
+    """ib_async (the maintained fork of ib_insync) and one of its clients connected to the gateway, as
+    (module, client): the module's own Contract and Order classes go with its client."""
+    ib_async = pytest.importorskip("ib_async")
+    ib = ib_async.IB()
+    ib.connect("127.0.0.1", gateway.port, clientId=11, timeout=5)
+    yield ib_async, ib
+    ib.disconnect()
+
+
+@pytest.fixture
 def store(tmp_path):
     """A fresh queue database."""
     s = Store(tmp_path / "queue.sqlite")

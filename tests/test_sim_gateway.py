@@ -373,16 +373,11 @@ def test_state_survives_reconnect_and_restart(tmp_path):
         gateway.stop()
 
 
-def test_ib_async_connects_qualifies_and_fills(gateway):
-    ib_async = pytest.importorskip("ib_async")
-    ib = ib_async.IB()
-    ib.connect("127.0.0.1", gateway.port, clientId=11, timeout=5)
-    try:
-        contract = ib_async.Stock("700", "SEHK", "HKD")
-        assert ib.qualifyContracts(contract)
-        trade = ib.placeOrder(contract, ib_async.MarketOrder("BUY", 200))
-        ib.reqCurrentTime()  # a round trip: the fill, sent before its answer, is now processed
-        assert trade.orderStatus.status == "Filled"
-        assert trade.orderStatus.filled == 200
-    finally:
-        ib.disconnect()
+def test_ib_async_connects_qualifies_and_fills(ib_async_client):
+    ib_async, ib = ib_async_client
+    contract = ib_async.Stock("700", "SEHK", "HKD")
+    assert ib.qualifyContracts(contract)
+    trade = ib.placeOrder(contract, ib_async.MarketOrder("BUY", 200))
+    ib.reqCurrentTime()  # a round trip: the fill, sent before its answer, is now processed
+    assert trade.orderStatus.status == "Filled"
+    assert trade.orderStatus.filled == 200

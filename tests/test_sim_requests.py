@@ -110,21 +110,16 @@ def test_unsupported_request_without_req_id_gets_an_empty_answer(ib):
     assert (-1, 322) == seen[0][:2] and "does not support reqScannerParameters" in seen[0][2]
 
 
-def test_ib_async_unsupported_requests_end_promptly(gateway):
-    ib_async = pytest.importorskip("ib_async")
-    ib = ib_async.IB()
-    ib.connect("127.0.0.1", gateway.port, clientId=12, timeout=5)
-    try:
-        seen = errors_of(ib)
-        assert within(ib.reqNewsProvidersAsync()) == []
-        contract = ib_async.Stock("AAPL", "SMART", "USD")
-        ib.qualifyContracts(contract)
-        assert within(ib.reqHistogramDataAsync(contract, True, "1 week")) == []
-        assert [text.split(" cause - ")[1] for _, _, text in seen] == [
-            "the simulated gateway does not support reqNewsProviders",
-            "the simulated gateway does not support reqHistogramData"]
-    finally:
-        ib.disconnect()
+def test_ib_async_unsupported_requests_end_promptly(ib_async_client):
+    ib_async, ib = ib_async_client
+    seen = errors_of(ib)
+    assert within(ib.reqNewsProvidersAsync()) == []
+    contract = ib_async.Stock("AAPL", "SMART", "USD")
+    ib.qualifyContracts(contract)
+    assert within(ib.reqHistogramDataAsync(contract, True, "1 week")) == []
+    assert [text.split(" cause - ")[1] for _, _, text in seen] == [
+        "the simulated gateway does not support reqNewsProviders",
+        "the simulated gateway does not support reqHistogramData"]
 
 
 # ---------------------------------------------------------------- head timestamp
@@ -258,20 +253,15 @@ def test_pnl_of_an_unknown_account_is_refused(ib):
     assert seen[0][1] == 321 and "unknown account" in seen[0][2]
 
 
-def test_ib_async_pnl_single(gateway):
-    ib_async = pytest.importorskip("ib_async")
-    ib = ib_async.IB()
-    ib.connect("127.0.0.1", gateway.port, clientId=13, timeout=5)
-    try:
-        contract = ib_async.Stock("700", "SEHK", "HKD")
-        ib.qualifyContracts(contract)
-        trade = ib.placeOrder(contract, ib_async.MarketOrder("BUY", 200))
-        single = ib.reqPnLSingle(ACCOUNT, "", contract.conId)
-        wait_until(ib, lambda: trade.isDone() and single.position == 200)
-        assert single.value == pytest.approx(200 * gateway.broker.mark_price(TENCENT))
-        assert single.unrealizedPnL == pytest.approx(single.dailyPnL, abs=0.011) and single.unrealizedPnL < 0
-    finally:
-        ib.disconnect()
+def test_ib_async_pnl_single(gateway, ib_async_client):
+    ib_async, ib = ib_async_client
+    contract = ib_async.Stock("700", "SEHK", "HKD")
+    ib.qualifyContracts(contract)
+    trade = ib.placeOrder(contract, ib_async.MarketOrder("BUY", 200))
+    single = ib.reqPnLSingle(ACCOUNT, "", contract.conId)
+    wait_until(ib, lambda: trade.isDone() and single.position == 200)
+    assert single.value == pytest.approx(200 * gateway.broker.mark_price(TENCENT))
+    assert single.unrealizedPnL == pytest.approx(single.dailyPnL, abs=0.011) and single.unrealizedPnL < 0
 
 
 # ---------------------------------------------------------------- real-time bars
