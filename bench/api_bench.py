@@ -28,6 +28,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from stats import percentile  # bench/stats.py
+
 RESULTS = Path(__file__).parent / "results" / "api_bench.json"
 WARM_UP = 1.0  # seconds of load before measuring
 SIGNALS = 200
@@ -80,10 +82,6 @@ class Connection:
         self.writer.close()
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
-
-
 async def load(base: str, path: str, clients: int, seconds: float) -> dict:
     """Closed-loop load: every client sends its next GET when the last is answered."""
     connections = [await Connection.open(base) for _ in range(clients)]
@@ -103,9 +101,8 @@ async def load(base: str, path: str, clients: int, seconds: float) -> dict:
     await asyncio.gather(*(client(c) for c in connections))
     for c in connections:
         c.close()
-    latencies.sort()
-    return {"rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 0.50) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "requests": len(latencies), "failures": failures}
+    return {"rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 50) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000, "requests": len(latencies), "failures": failures}
 
 
 async def burst_of_signals(base: str, run: str) -> dict:
@@ -124,8 +121,8 @@ async def burst_of_signals(base: str, run: str) -> dict:
     wall = loop.time() - started
     for c in connections:
         c.close()
-    latencies = sorted(latency for latency, _ in answers)
-    return {"wall_s": wall, "p99_ms": percentile(latencies, 0.99) * 1000,
+    latencies = [latency for latency, _ in answers]
+    return {"wall_s": wall, "p99_ms": percentile(latencies, 99) * 1000,
             "failures": sum(status != 200 for _, status in answers)}
 
 

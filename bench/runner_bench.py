@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from qdibkr import emit
 from qdibkr.sim import SimGateway
 from qdibkr.store import Store
+from stats import milliseconds  # bench/stats.py
 
 RESULTS = Path(__file__).parent / "results" / "runner_bench.json"
 SYMBOLS = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "SPY", "QQQ", "IWM", "BRK B"]
@@ -50,11 +50,6 @@ def polling_worker(port: int, db: str):
                 result = ibkr.place_order(signal.symbol, side, signal.quantity, order_ref=signal.order_ref)
                 store.update_signal(signal.id, status="filled" if result.status == "Filled" else "submitted")
             time.sleep(1.0)
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def arrival(gateway: SimGateway, order_ref: str) -> float | None:
@@ -100,8 +95,7 @@ def measure(name: str, command: list[str], signals: int, basket: int) -> dict:
         worker.kill()
         worker.wait()
         gateway.stop()
-    return {f"{name}_latency_ms_p50": 1e3 * statistics.median(latencies),
-            f"{name}_latency_ms_p99": 1e3 * percentile(latencies, 99),
+    return {**milliseconds(f"{name}_latency", latencies),
             f"{name}_basket_orders_per_s": basket / (last - started),
             f"{name}_pacing_violations": violations}
 

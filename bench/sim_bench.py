@@ -33,6 +33,7 @@ from pathlib import Path
 from ib_insync import IB, MarketOrder, Stock
 
 from qdibkr.sim.wire import FrameReader
+from stats import milliseconds  # bench/stats.py
 
 RESULTS = Path(__file__).parent / "results" / "sim_bench.json"
 US_SYMBOLS = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "SPY", "QQQ"]
@@ -49,11 +50,6 @@ def start_simulator() -> tuple[subprocess.Popen, int]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def frame(payload: bytes) -> bytes:
@@ -83,8 +79,7 @@ async def measure_connect(port: int, rounds: int) -> dict:
         await ib.connectAsync("127.0.0.1", port, clientId=600 + i, timeout=5)
         connect.append(time.perf_counter() - started)
         ib.disconnect()
-    return {"connect_ms_p50": 1e3 * statistics.median(connect),
-            "connect_ms_p99": 1e3 * percentile(connect, 99),
+    return {**milliseconds("connect", connect),
             "bare_handshake_ms_p50": 1e3 * statistics.median(bare),
             "connect_vs_handshake": statistics.median(connect) / statistics.median(bare)}
 
@@ -110,8 +105,7 @@ async def measure_orders(port: int, orders: int) -> dict:
         await trade.filledEvent
         round_trips.append(time.perf_counter() - started)
     ib.disconnect()
-    return {"order_round_trip_ms_p50": 1e3 * statistics.median(round_trips),
-            "order_round_trip_ms_p99": 1e3 * percentile(round_trips, 99),
+    return {**milliseconds("order_round_trip", round_trips),
             "current_time_ms_p50": 1e3 * statistics.median(current_time),
             "order_vs_current_time": statistics.median(round_trips) / statistics.median(current_time)}
 
