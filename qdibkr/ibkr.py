@@ -27,6 +27,7 @@ from .symbols import FORMATS, HK_SHARE, US_STOCK, Symbol, parse_symbol
 log = logging.getLogger("qdibkr")
 
 ACK_TIMEOUT = 10.0
+QUOTE_SETTLE = 1.0  # seconds a new streaming subscription may take to show both bid and ask
 MARKET_FILL_WAIT = 2.0
 DONE_STATUSES = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
 ACKED_STATUSES = DONE_STATUSES | {"PreSubmitted", "Submitted"}
@@ -528,6 +529,9 @@ class IBKR:
         if ticker is None:
             self.ib.reqMarketDataType(DELAYED_DATA)  # live where subscribed, else delayed
             ticker = self._tickers[sym] = self.ib.reqMktData(contract)
+            # A new subscription's ticks arrive one by one: give the other side of the book a moment,
+            # or the first quote could show a bid and no ask. (A one-sided market just costs the wait.)
+            await until(self.ib, lambda: _num(ticker.bid) and _num(ticker.ask), QUOTE_SETTLE)
         return sym, ticker
 
     async def streaming_quote_async(self, symbol: str, market_type: str | None = None) -> Quote:
