@@ -16,7 +16,9 @@ The public API::
 from .config import PRESETS, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, LiveTradingRefused, NotConnectedError,
                      OrderRejected, PacingError, QdibkrError, TWSError)
-from .ibkr import IBKR, AccountSummary, OrderResult, Quote, Status
+from .broker import AccountSummary, OrderResult, Quote, Status
+from .gate import Refused
+from .ibkr import IBKR
 from .signals import SIGNAL_TYPES, emit
 from .symbols import Symbol, parse_symbol
 
@@ -24,7 +26,7 @@ __all__ = [
     "connect", "emit", "SIGNAL_TYPES", "IBKR", "Settings", "load_settings", "PRESETS", "Symbol", "parse_symbol", "SimGateway",
     "Status", "AccountSummary", "OrderResult", "Quote",
     "QdibkrError", "InputError", "ConnectError", "NotConnectedError", "LiveTradingRefused", "TWSError",
-    "ContractError", "OrderRejected", "PacingError",
+    "ContractError", "OrderRejected", "PacingError", "Refused",
 ]
 
 

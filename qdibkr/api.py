@@ -53,8 +53,8 @@ from .apispec import camel, read
 from .config import Settings, config_file
 from .errors import (ContractError, InputError, LiveTradingRefused, NotConnectedError, QdibkrError, TWSError,
                      UnknownOrder)
+from .gate import Refused
 from .ibkr import IBKR
-from .runner import HALTED_KEY
 from .signals import emit
 from .store import Store
 from .symbols import HK_SHARE, parse_symbol
@@ -152,6 +152,8 @@ def failure(exc: Exception) -> tuple[int, str, str | None, int | None]:
     if isinstance(exc, HTTPException):
         hint = {404: "no such path; /openapi.json lists the API", 405: "the path does not take this method"}
         return exc.status_code, hint.get(exc.status_code, exc.detail), None, None
+    if isinstance(exc, Refused) and exc.rule == "halted":
+        return 409, str(exc), exc.field, None
     if isinstance(exc, InputError):
         return (404 if isinstance(exc, UnknownOrder) else 400), str(exc), exc.field, None
     if isinstance(exc, ContractError):
@@ -223,7 +225,7 @@ class Api:
     def __init__(self, defaults: Settings, store: Store):
         self.defaults = defaults
         self.store = store
-        self.session = IBKR(defaults)
+        self.session = IBKR(defaults, store=store, face="api")
         self.connecting = asyncio.Lock()
 
     async def status(self, request: Request):
@@ -237,7 +239,7 @@ class Api:
             if name in given})
         async with self.connecting:
             session = self.session
-            if session.ib.isConnected():
+            if session.is_connected():
                 now = session.settings
                 if (now.host, now.port, now.client_id) != (wanted.host, wanted.port, wanted.client_id) \
                         or wanted.account not in ("", session.account):
@@ -245,7 +247,7 @@ class Api:
                                         f"(account {session.account}); POST /api/ibkr/disconnect first")
             else:
                 if session.settings != wanted:
-                    self.session = session = IBKR(wanted)
+                    self.session = session = IBKR(wanted, store=self.store, face="api")
                 await session.connect_async()
         return await session.status_async()
 
@@ -268,13 +270,10 @@ class Api:
         given = read(await json_body(request), apispec.ORDER_FIELDS)
         limit = limit_price(given)
         session = self.session
-        if session.ib.isConnected() and given.get("account", session.account) != session.account:
+        if session.is_connected() and given.get("account", session.account) != session.account:
             raise InputError("account", f"this session trades account {session.account}; to trade "
                                         f"{given['account']}, disconnect and connect with that account")
-        halted = self.store.get(HALTED_KEY)
-        if halted:
-            raise ApiError(409, f"trading is halted ({halted}); `qdibkr resume` lifts the kill switch")
-        return await session.place_order_async(given["symbol"], given["side"], given["quantity"], limit=limit,
+        return await session.place_order_async(  # through the gate: kill switch, risk limits, short salesgiven["symbol"], given["side"], given["quantity"], limit=limit,
                                                tif=given.get("tif", "DAY"), market_type=given.get("marketType"))
 
     async def cancel_order(self, request: Request):
@@ -300,7 +299,7 @@ class Api:
 
     async def queue(self, request: Request):
         given = read(request.query_params, apispec.QUEUE_QUERY, query=True)
-        return {"halted": self.store.get(HALTED_KEY),
+        return {"halted": self.store.halted(),
                 "signals": self.store.signals(strategy=given.get("strategy"), limit=given.get("limit", 50))}
 
 

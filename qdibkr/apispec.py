@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 
 from .errors import InputError
-from .ibkr import AccountSummary, OrderResult, Quote, Status
+from .broker import AccountSummary, OrderResult, Quote, Status
 from .signals import SIGNAL_TYPES
 from .store import Signal
 from .symbols import FORMATS, MARKET_TYPES

@@ -5,7 +5,7 @@
     from qdibkr.bars import fetch
     bars = fetch(ibkr, ["AAPL", "0700.HK"], duration="2 Y", bar_size="1 day")   # {"AAPL": DataFrame, ...}
 
-Each frame is ``IBKR.bars``'s (open, high, low, close, volume, wap, count, indexed
+Each frame is ``Broker.bars``'s (open, high, low, close, volume, wap, count, indexed
 by bar start in exchange-local time) and holds the bars whose period starts in
 [end - duration, end). ``end`` defaults to TWS's current time; durations are
 calendar spans, "N S|D|W|M|Y" seconds, days, weeks, months or years (IB's own
@@ -24,7 +24,7 @@ calendar spans, "N S|D|W|M|Y" seconds, days, weeks, months or years (IB's own
   whose period has not ended at TWS's current time is returned, and asked for
   again next time.
 - Data source: the connection says where its bars come from
-  (``IBKR.data_source``): ``ib`` for TWS and IB Gateway, ``simulated-seed<N>``
+  (``Broker.data_source``): ``ib`` for TWS and IB Gateway, ``simulated-seed<N>``
   for qdibkr's simulated gateway, which reports its seed in an account value
   no TWS sends. So the simulator's synthetic bars are never served as IB's
   history (nor one seed's as another's), whoever calls ``fetch`` and whatever
@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .errors import InputError, PacingError
-from .ibkr import BAR_COLUMNS, EXCHANGE_ZONES, IBKR
+from .broker import BAR_COLUMNS, EXCHANGE_ZONES, Broker
 from .symbols import Symbol, parse_symbol
 
 DEFAULT_CACHE = "~/.cache/qdibkr/bars"
@@ -215,10 +215,10 @@ class Pacer:
         self.sent.append((self.clock(), request, contract, small))
 
 
-_pacers: "weakref.WeakKeyDictionary[IBKR, Pacer]" = weakref.WeakKeyDictionary()
+_pacers: "weakref.WeakKeyDictionary[Broker, Pacer]" = weakref.WeakKeyDictionary()
 
 
-def pacer_for(ibkr: IBKR) -> Pacer:
+def pacer_for(ibkr: Broker) -> Pacer:
     """The pacer of a connection: IB paces per session, so every fetch through it shares one."""
     return _pacers.setdefault(ibkr, Pacer())
 
@@ -227,7 +227,7 @@ def pacer_for(ibkr: IBKR) -> Pacer:
 
 @dataclass(frozen=True)
 class CacheKey:
-    source: str  # IBKR.data_source: "ib", "simulated-seed0"
+    source: str  # Broker.data_source: "ib", "simulated-seed0"
     symbol: str  # as displayed: "AAPL", "0700.HK"
     bar_size: str
     what_to_show: str
@@ -303,7 +303,7 @@ def _inside(index: pd.DatetimeIndex, spans: list[tuple]) -> np.ndarray:
 
 # ------------------------------------------------------------------ fetching
 
-async def fetch_async(ibkr: IBKR, symbols, *, duration: str = "1 Y", end=None, bar_size: str = "1 day",
+async def fetch_async(ibkr: Broker, symbols, *, duration: str = "1 Y", end=None, bar_size: str = "1 day",
                       use_rth: bool = True, what_to_show: str = "TRADES", cache_dir=None,
                       progress: bool = True) -> dict[str, pd.DataFrame]:
     """Bars of every symbol over [end - duration, end); see the module's notes. ``end``: None for
@@ -341,12 +341,12 @@ async def fetch_async(ibkr: IBKR, symbols, *, duration: str = "1 Y", end=None, b
     return {sym.display: frame for sym, frame in zip(parsed, frames)}
 
 
-def fetch(ibkr: IBKR, symbols, **kwargs) -> dict[str, pd.DataFrame]:
+def fetch(ibkr: Broker, symbols, **kwargs) -> dict[str, pd.DataFrame]:
     """The blocking form of ``fetch_async`` (scripts, notebooks)."""
     return ibkr.run(fetch_async(ibkr, symbols, **kwargs))
 
 
-async def _fetch_one(ibkr: IBKR, sym: Symbol, key: CacheKey, start, stop, cache: Cache, pacer: Pacer,
+async def _fetch_one(ibkr: Broker, sym: Symbol, key: CacheKey, start, stop, cache: Cache, pacer: Pacer,
                      slots: asyncio.Semaphore) -> pd.DataFrame:
     """One symbol's bars whose period starts in [start, stop): from the cache, and from TWS for the rest."""
     cached, coverage = cache.load(key)
@@ -368,7 +368,7 @@ async def _fetch_one(ibkr: IBKR, sym: Symbol, key: CacheKey, start, stop, cache:
     return bars[(bars.index >= start) & (bars.index < stop)]
 
 
-async def _ask(ibkr: IBKR, sym: Symbol, key: CacheKey, request: Request, pacer: Pacer) -> pd.DataFrame:
+async def _ask(ibkr: Broker, sym: Symbol, key: CacheKey, request: Request, pacer: Pacer) -> pd.DataFrame:
     """One request, when the pacer allows it. Another program on the same TWS may have asked the
     same moments ago (a second ``qdibkr bars`` run, say): then the pacer, which has recorded this
     request, holds the repeat until IB's window has passed, once."""

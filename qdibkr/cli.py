@@ -42,11 +42,13 @@ def show(result, as_json: bool, vertical: bool = False):
 
 
 # ------------------------------------------------------------------ commands
-def connected(args):
+def connected(args, store=None):
+    """The CLI's session (client id 1 unless given); ``store``: the queue whose kill switch and journal
+    its orders' gate uses."""
     from .ibkr import IBKR
 
     ibkr = IBKR(host=args.host, port=args.port, preset=args.preset, client_id=args.client_id,
-                account=args.account, live=args.live or None)
+                account=args.account, live=args.live or None, face="cli", store=store)
     return ibkr.connect()
 
 
@@ -105,10 +107,10 @@ def cmd_trades(args):
 
 # ------------------------------------------------------------------ the queue and the runner
 def queue_store(args):
-    from .config import config_file
-    from .store import Store, default_path
+    from .config import config_file, queue_path
+    from .store import Store
 
-    return Store(args.db or default_path(config_file().get("queue", {}).get("db")))
+    return Store(queue_path(config_file(), args.db))
 
 
 def cmd_signal(args):
@@ -159,24 +161,20 @@ def cmd_cancel_signal(args):
 
 
 def cmd_halt(args):
-    from .runner import CANCEL_OPEN_KEY, HALTED_KEY
     from .signals import wake_runner
 
     store = queue_store(args)
-    store.set(HALTED_KEY, args.reason)
-    if args.cancel_open:
-        store.set(CANCEL_OPEN_KEY, "1")
+    store.halt(args.reason, cancel_open=args.cancel_open)
     wake_runner(store)
-    print("halted: the runner sends nothing until `qdibkr resume`" +
+    print("halted: no order is sent, from any face, until `qdibkr resume`" +
           ("; open orders will be cancelled" if args.cancel_open else ""))
 
 
 def cmd_resume(args):
-    from .runner import HALTED_KEY
     from .signals import wake_runner
 
     store = queue_store(args)
-    store.set(HALTED_KEY, None)
+    store.resume()
     wake_runner(store)
     print("resumed")
 
@@ -193,7 +191,7 @@ def cmd_runner(args):
     if sys.stderr.isatty():
         def show_summary(*_):
             print(f"\r{summary(store)}\033[K", end="", file=sys.stderr, flush=True)
-        runner.ibkr.ib.updateEvent += show_summary
+        runner.ibkr.updated += show_summary
     try:
         runner.ibkr.run(runner.run(once=args.once, wait=args.wait))
     except KeyboardInterrupt:
@@ -202,12 +200,7 @@ def cmd_runner(args):
 
 
 def cmd_order(args):
-    from .runner import HALTED_KEY
-
-    halted = queue_store(args).get(HALTED_KEY)
-    if halted:  # the kill switch stops direct orders too, as it does those of the HTTP API
-        raise QdibkrError(f"trading is halted ({halted}); `qdibkr resume` lifts the kill switch")
-    with connected(args) as ibkr:
+    with connected(args, store=queue_store(args)) as ibkr:  # its gate: the kill switch, risk limits, short sales
         result = ibkr.place_order(args.symbol, args.side, args.quantity, limit=args.limit, tif=args.tif,
                                   market_type=args.market)
         show(result, args.json, vertical=True)
@@ -364,7 +357,7 @@ def cmd_serve(args):
         for name in ("qdibkr", "uvicorn.error"):
             logging.getLogger(name).setLevel(logging.WARNING)
     settings = load_settings(host=args.host, port=args.port, preset=args.preset, client_id=args.client_id,
-                             account=args.account, live=args.live or None)
+                             account=args.account, live=args.live or None, face="api")
     try:
         serve(args.listen_host, args.listen_port, settings, queue_store(args))
     except KeyboardInterrupt:

@@ -1,36 +1,53 @@
-"""Connection settings: where TWS / IB Gateway listens, which client id and account.
+"""The configuration, resolved once per process and passed down: ``load_config()`` / ``current()``.
 
 Each setting comes from the first place that has it: an explicit argument, an
 environment variable (``QDIBKR_HOST``, ``QDIBKR_PORT``, ``QDIBKR_CLIENT_ID``,
-``QDIBKR_ACCOUNT``, ``QDIBKR_PRESET``, ``QDIBKR_LIVE``), the config file
-(``QDIBKR_CONFIG``, else ``~/.config/qdibkr/config.toml``, section
-``[connection]``), then the defaults: 127.0.0.1, port 7497 (TWS paper),
-client id 1, the first managed account.
+``QDIBKR_ACCOUNT``, ``QDIBKR_PRESET``, ``QDIBKR_LIVE``, ``QDIBKR_DB``), the config file
+(``QDIBKR_CONFIG``, else ``~/.config/qdibkr/config.toml``: ``[connection]``,
+``[queue] db``, ``[risk]``, ``[runner]``, ``[api]``, ``[widgets]``), then the
+defaults: 127.0.0.1, port 7497 (TWS paper), the first managed account, the
+queue at ``~/.local/share/qdibkr/queue.sqlite``.
+
+Client ids: each face has its own default, so that they can all be connected at
+once: the CLI 1, the HTTP API 2, the widgets 3, the Python API (``qdibkr.connect()``,
+notebooks) 4, the runner 90. The CLI and Python take ``QDIBKR_CLIENT_ID`` or
+``[connection] client_id``; the others ``QDIBKR_API_CLIENT_ID``,
+``QDIBKR_WIDGETS_CLIENT_ID``, ``QDIBKR_RUNNER_CLIENT_ID`` or their section's ``client_id``.
 
 Paper is the default everywhere. A live port, or an account whose id does not
 start with ``DU`` (IB's paper accounts), needs ``live=True`` / ``--live``.
+
+The ``[risk]`` limits are re-read when the config file changes (``RiskSource``): a
+running runner or HTTP server needs no restart, and logs what changed.
 """
 
+import logging
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, LiveTradingRefused
+from .risk import RiskConfig, load_risk
+
+log = logging.getLogger("qdibkr.config")
 
 # IB's documented default API ports.
 PRESETS = {"tws-paper": 7497, "tws-live": 7496, "gateway-paper": 4002, "gateway-live": 4001}
 LIVE_PORTS = {PRESETS["tws-live"], PRESETS["gateway-live"]}
 PRESET_LIST = ", ".join(f"{name} {port}" for name, port in PRESETS.items())
 DEFAULT_CONFIG = Path("~/.config/qdibkr/config.toml")
+DEFAULT_DB = Path("~/.local/share/qdibkr/queue.sqlite")
 TRUE = ("1", "true", "yes", "on")
+# Each face's own client id, so that all of them can be connected to one TWS at once.
+CLIENT_IDS = {"cli": 1, "api": 2, "widgets": 3, "python": 4, "runner": 90}
 
 
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = PRESETS["tws-paper"]
-    client_id: int = 1
+    client_id: int = CLIENT_IDS["python"]
     account: str = ""
     live: bool = False
     timeout: float = 4.0
@@ -56,8 +73,13 @@ class Settings:
                 f"to live trading: live=True, --live, or QDIBKR_LIVE=1.")
 
 
-def config_file() -> dict:
-    path = Path(os.environ.get("QDIBKR_CONFIG") or DEFAULT_CONFIG).expanduser()
+def config_path() -> Path:
+    return Path(os.environ.get("QDIBKR_CONFIG") or DEFAULT_CONFIG).expanduser()
+
+
+def config_file(path: Path | None = None) -> dict:
+    """The parsed config file ({} when there is none)."""
+    path = path or config_path()
     if not path.exists():
         return {}
     try:
@@ -82,10 +104,12 @@ def _int(value, field: str) -> int:
 
 
 def load_settings(host=None, port=None, client_id=None, account=None, preset=None,
-                  live=None, timeout=None) -> Settings:
-    """Resolve every setting: arguments, then environment, then config file, then defaults."""
+                  live=None, timeout=None, face: str = "python", file: dict | None = None) -> Settings:
+    """Resolve the connection settings of one face (see ``CLIENT_IDS``): arguments, then environment,
+    then the config file (``file``, already parsed, or read now), then defaults."""
     env = os.environ
-    file = config_file().get("connection", {})
+    parsed = config_file() if file is None else file
+    file = parsed.get("connection", {})
 
     def pick(arg, env_name, file_key):
         if arg is not None:
@@ -112,13 +136,141 @@ def load_settings(host=None, port=None, client_id=None, account=None, preset=Non
     if not 0 < resolved_port < 65536:
         raise InputError("port", f"{resolved_port} is not a TCP port; presets are {PRESET_LIST}")
 
-    client = pick(client_id, "QDIBKR_CLIENT_ID", "client_id")
+    if face in ("cli", "python"):
+        client = pick(client_id, "QDIBKR_CLIENT_ID", "client_id")
+    else:
+        client = client_id if client_id is not None else (
+            env.get(f"QDIBKR_{face.upper()}_CLIENT_ID") or parsed.get(face, {}).get("client_id"))
     live_value = pick(live, "QDIBKR_LIVE", "live")
     return Settings(
         host=str(pick(host, "QDIBKR_HOST", "host") or Settings.host),
         port=resolved_port,
-        client_id=Settings.client_id if client is None else _int(client, "client_id"),
+        client_id=CLIENT_IDS[face] if client is None else _int(client, "client_id"),
         account=str(pick(account, "QDIBKR_ACCOUNT", "account") or ""),
         live=live_value if isinstance(live_value, bool) else str(live_value or "").lower() in TRUE,
         timeout=float(timeout if timeout is not None else file.get("timeout", Settings.timeout)),
     )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """When the runner probes a silent TWS, and how long it waits for a sign of life.
+
+    Configured in the config file's ``[runner]`` section as ``heartbeat_interval``
+    and ``heartbeat_timeout`` (seconds). A dead connection is noticed at most
+    interval + timeout after TWS last sent anything."""
+
+    interval: float = 10.0  # seconds without a message from TWS before the runner asks it something
+    timeout: float = 5.0  # seconds to wait for any message after asking, before the connection counts as dead
+
+
+def load_heartbeat(config: dict) -> Heartbeat:
+    """The heartbeat settings of a parsed config file's ``[runner]`` section; defaults for those missing."""
+    section = config.get("runner", {})
+    values = {}
+    for name in ("interval", "timeout"):
+        key = f"heartbeat_{name}"
+        if key in section:
+            value = section[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InputError(f"runner.{key}", f"{value!r} must be a number of seconds > 0")
+            values[name] = float(value)
+    return Heartbeat(**values)
+
+
+def queue_path(file: dict, db=None) -> Path:
+    """Where the queue is: ``db`` given, else ``QDIBKR_DB``, else ``[queue] db``, else the default."""
+    return Path(db or os.environ.get("QDIBKR_DB") or file.get("queue", {}).get("db") or DEFAULT_DB).expanduser()
+
+
+class RiskSource:
+    """The ``[risk]`` limits as they are now: re-read when the config file changes (its modification
+    time is checked on each call, one ``stat``), or on ``reload()`` (the runner's SIGHUP). A file that
+    no longer parses keeps the limits in force, with an error logged: a typo must not lift them."""
+
+    def __init__(self, path: Path, risk: RiskConfig):
+        self.path, self._risk = path, risk
+        self._stamp = self._mtime()
+
+    @classmethod
+    def fixed(cls, risk: RiskConfig) -> "RiskSource":
+        """Limits that never change (tests, the demo)."""
+        source = cls(Path("/nonexistent/qdibkr-fixed-risk"), risk)
+        source.reload = lambda: risk
+        return source
+
+    def _mtime(self):
+        try:
+            stat = self.path.stat()
+            return stat.st_mtime_ns, stat.st_size
+        except OSError:
+            return None
+
+    def __call__(self) -> RiskConfig:
+        if self._mtime() != self._stamp:
+            self.reload()
+        return self._risk
+
+    def reload(self) -> RiskConfig:
+        self._stamp = self._mtime()
+        try:
+            new = load_risk(config_file(self.path))
+        except InputError as e:
+            log.error("risk limits NOT reloaded from %s, the previous ones stay in force: %s", self.path, e)
+            return self._risk
+        if new != self._risk:
+            log.warning("risk limits reloaded from %s: %s", self.path, _differences(self._risk, new))
+            self._risk = new
+        return self._risk
+
+
+def _differences(old: RiskConfig, new: RiskConfig) -> str:
+    changes = []
+    for name in ("limits", "on_breach", "outside_hours"):
+        if getattr(old, name) != getattr(new, name):
+            changes.append(f"{name} {getattr(old, name)} -> {getattr(new, name)}")
+    if (old.strategies or {}) != (new.strategies or {}):
+        changes.append(f"strategies {old.strategies or {}} -> {new.strategies or {}}")
+    return "; ".join(changes)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of one process, resolved once (``load_config``) and passed down."""
+
+    connection: Settings
+    queue_db: Path
+    risk: RiskSource = field(compare=False)
+    heartbeat: Heartbeat
+    file: dict = field(compare=False, repr=False)  # the parsed config file, for a face's own section
+
+    def section(self, name: str) -> dict:
+        return self.file.get(name, {})
+
+
+def load_config(face: str = "python", db=None, **connection) -> Config:
+    """Resolve the configuration of one face (cli, api, widgets, python, runner): the connection
+    arguments and ``db`` given, then ``QDIBKR_*`` variables, then the config file, then defaults."""
+    path = config_path()
+    file = config_file(path)
+    return Config(connection=load_settings(face=face, file=file, **connection), queue_db=queue_path(file, db),
+                  risk=RiskSource(path, load_risk(file)), heartbeat=load_heartbeat(file), file=file)
+
+
+_current: tuple[tuple, Config] | None = None
+
+
+def current() -> Config:
+    """This process's configuration, resolved on first use: what ``qdibkr.emit`` and the widgets use
+    when given nothing else, so that they find the same queue as the CLI and the runner. Resolved
+    again only if what locates it changes (``QDIBKR_CONFIG``, ``QDIBKR_DB``, the file itself)."""
+    global _current
+    path = config_path()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (path, stamp, os.environ.get("QDIBKR_DB"))
+    if _current is None or _current[0] != key:
+        _current = key, load_config()
+    return _current[1]

@@ -23,10 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-from .config import Settings
+from .config import CLIENT_IDS, Settings
 from .display import records, table
 from .errors import QdibkrError
-from .ibkr import IBKR
+from .broker import Broker
 from .risk import RiskConfig
 from .runner import RUNNER_CLIENT_ID, Runner
 from .runs import run_notebook
@@ -64,7 +64,7 @@ def run_demo(work_dir: str | None = None) -> int:
         section("signals", [{k: getattr(s, k) for k in SIGNAL_COLUMNS} for s in signals])
         if not signals:
             print("(today every symbol's fast average is below its slow one: the strategy wants no position)")
-        with IBKR(Settings(port=gateway.port, client_id=1)) as ibkr:
+        with Broker(Settings(port=gateway.port, client_id=CLIENT_IDS["cli"])) as ibkr:
             section("positions (the IB account)", ibkr.positions())
             section(f"positions of strategy {run.strategy} (the queue's record of its fills)",
                     store.positions(run.strategy))

@@ -1,4 +1,6 @@
-"""The user's risk limits, read from the config file, and the check the runner makes before each order.
+"""The rules every order must pass: the user's risk limits, the short-sale rule, board lots and the kill
+switch. Pure: the facts are measured elsewhere (``gate.py``) and handed in, so every face gets the same
+verdict in the same words.
 
 In the config file (``QDIBKR_CONFIG``, default ``~/.config/qdibkr/config.toml``)::
 
@@ -14,16 +16,19 @@ In the config file (``QDIBKR_CONFIG``, default ``~/.config/qdibkr/config.toml``)
     [risk.strategy.sma]         # per strategy: the same keys, for that strategy's own orders and positions
     max_order_quantity = 100
 
-Global limits apply to totals over every strategy (all positions in a symbol,
-all orders today); a strategy's limits to its own. Any breach of either stops
-the order, with the reason stored on the signal.
+Global limits apply to the account (its position in a symbol as TWS reports it, every order sent today);
+a strategy's limits to its own (its recorded position, its orders). Positions count what is in flight:
+orders sent and not yet filled. "Orders per day" counts orders by when they were sent, in the trading day
+of the order's exchange. Any breach stops the order; its rule's name and the numbers are in the refusal.
 """
 
 import datetime as dt
 from dataclasses import dataclass, fields
+from zoneinfo import ZoneInfo
 
 from .errors import InputError
-from .symbols import parse_symbol
+from .model import Side
+from .symbols import HK_SHARE, Symbol, parse_symbol
 
 BREACH_ACTIONS = ("reject", "hold")
 OUTSIDE_HOURS = ("hold", "reject", "send")
@@ -54,17 +59,11 @@ class RiskConfig:
         every = [self.limits, *(self.strategies or {}).values()]
         return any(limits.max_order_notional is not None for limits in every)
 
-
-@dataclass(frozen=True)
-class Proposal:
-    """An order the runner is about to send, with what the limits are measured against."""
-
-    symbol: str
-    action: str
-    quantity: int
-    notional: float | None  # in the base currency; None when no price is needed
-    position: int  # the position the limit applies to, before this order
-    orders_today: int  # orders already sent today, in the same scope
+    @property
+    def counts_orders(self) -> bool:
+        """Whether any orders-per-day limit is set, so that the day's orders need counting."""
+        every = [self.limits, *(self.strategies or {}).values()]
+        return any(limits.max_orders_per_day is not None for limits in every)
 
 
 def _limits(section: dict, where: str) -> Limits:
@@ -97,42 +96,96 @@ def load_risk(config: dict) -> RiskConfig:
     return RiskConfig(_limits(section, "risk"), strategies, on_breach, outside_hours)
 
 
-def breach(limits: Limits, order: Proposal, scope: str) -> str | None:
-    """Why ``order`` breaks ``limits`` (a plain sentence naming the limit), or None."""
-    if limits.allowed_symbols is not None and order.symbol not in limits.allowed_symbols:
-        return f"{order.symbol} is not among the {scope} allowed symbols ({', '.join(sorted(limits.allowed_symbols))})"
+EXCHANGE_ZONES = {HK_SHARE: ZoneInfo("Asia/Hong_Kong")}
+DEFAULT_ZONE = ZoneInfo("America/New_York")
+
+
+def trading_day(market: str, when: float) -> str:
+    """The exchange's calendar date at POSIX time ``when`` ("2026-11-27"): the day "orders per day" counts in."""
+    return dt.datetime.fromtimestamp(when, EXCHANGE_ZONES.get(market, DEFAULT_ZONE)).date().isoformat()
+
+
+@dataclass(frozen=True)
+class Order:
+    """An order about to be sent, from any face."""
+
+    symbol: Symbol
+    side: Side
+    quantity: int
+    limit: float | None
+    strategy: str | None  # None: a direct order (CLI, HTTP, widget, Python), judged in the global scope only
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What one scope's limits are measured against, before the order: the account's (global) or a
+    strategy's position in the symbol, the shares its open orders have still to buy and to sell, and
+    the orders it sent in the exchange's trading day."""
+
+    held: int
+    buying: int = 0
+    selling: int = 0
+    orders_today: int = 0
+
+
+@dataclass(frozen=True)
+class Breach:
+    """One rule an order breaks: the rule's name (as in the config file) and a sentence with the numbers."""
+
+    rule: str
+    message: str
+    field: str = "quantity"  # the input a user would change
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
+
+
+def check(risk: RiskConfig, order: Order, notional: float | None, lot: int, account: Exposure,
+          strategy: Exposure | None) -> list[Breach]:
+    """Every rule ``order`` breaks, in the global scope (``account``) and its strategy's (``strategy``).
+
+    ``notional`` is in the account's base currency, None when no notional limit needs it."""
+    found = []
+    if order.quantity % lot:
+        found.append(Breach("board_lot", f"{order.symbol} trades in board lots of {lot} shares; {order.quantity} "
+                                         f"is not a multiple (try {max(lot, order.quantity - order.quantity % lot)})"))
+    scopes = [("global", risk.limits, account, "account")]
+    if order.strategy:
+        scopes.append((f"strategy {order.strategy!r}", risk.for_strategy(order.strategy), strategy,
+                       f"strategy {order.strategy!r}"))
+    for scope, limits, exposure, holder in scopes:
+        if order.side == Side.SELL:
+            sellable = exposure.held - exposure.selling
+            if order.quantity > sellable:
+                pending = f" and its open orders already sell {exposure.selling}" if exposure.selling else ""
+                found.append(Breach("short_sale", f"selling {order.quantity} {order.symbol} would sell short: "
+                                                  f"{holder} holds {exposure.held}{pending}; short selling is not "
+                                                  f"supported"))
+        found.extend(_limit_breaches(limits, order, notional, exposure, scope))
+    return found
+
+
+def _limit_breaches(limits: Limits, order: Order, notional: float | None, exposure: Exposure,
+                    scope: str) -> list[Breach]:
+    found = []
+    symbol = order.symbol.display
+    if limits.allowed_symbols is not None and symbol not in limits.allowed_symbols:
+        found.append(Breach("allowed_symbols", f"{symbol} is not among the {scope} allowed symbols "
+                                               f"({', '.join(sorted(limits.allowed_symbols))})", "symbol"))
     if limits.max_order_quantity is not None and order.quantity > limits.max_order_quantity:
-        return f"{order.quantity} shares exceed the {scope} max_order_quantity of {limits.max_order_quantity}"
-    if limits.max_order_notional is not None and order.notional is not None \
-            and order.notional > limits.max_order_notional:
-        return (f"a notional of {order.notional:,.2f} exceeds the {scope} max_order_notional of "
-                f"{limits.max_order_notional:,.2f}")
-    after = order.position + (order.quantity if order.action == "BUY" else -order.quantity)
-    if limits.max_position is not None and order.action == "BUY" and after > limits.max_position:
-        return f"a position of {after} {order.symbol} would exceed the {scope} max_position of {limits.max_position}"
-    if limits.max_orders_per_day is not None and order.orders_today >= limits.max_orders_per_day:
-        return f"the {scope} max_orders_per_day of {limits.max_orders_per_day} has been reached"
-    return None
-
-
-def start_of_day() -> float:
-    """Local midnight, where "orders per day" starts counting."""
-    return dt.datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-def breaches(risk: RiskConfig, strategy: str | None, symbol: str, action: str, quantity: int,
-             notional: float | None, position, orders_today) -> list[str]:
-    """Every limit an order breaks: the global ones, and its strategy's when it has one.
-
-    ``position(scope)`` and ``orders_today(scope)`` measure within a scope: a strategy's name,
-    or None for all strategies together."""
-    scopes = [("global", risk.limits, None)]
-    if strategy:
-        scopes.append((f"strategy {strategy!r}", risk.for_strategy(strategy), strategy))
-    reasons = []
-    for scope, limits, within in scopes:
-        reason = breach(limits, Proposal(symbol, action, quantity, notional, position(within),
-                                         orders_today(within)), scope)
-        if reason:
-            reasons.append(reason)
-    return reasons
+        found.append(Breach("max_order_quantity", f"{order.quantity} shares exceed the {scope} max_order_quantity "
+                                                  f"of {limits.max_order_quantity:g}"))
+    if limits.max_order_notional is not None and notional is not None and notional > limits.max_order_notional:
+        found.append(Breach("max_order_notional", f"a notional of {notional:,.2f} exceeds the {scope} "
+                                                  f"max_order_notional of {limits.max_order_notional:,.2f}"))
+    if limits.max_position is not None and order.side == Side.BUY:
+        after = exposure.held + exposure.buying + order.quantity
+        if after > limits.max_position:
+            found.append(Breach("max_position", f"a position of {after} {symbol} would exceed the {scope} "
+                                                f"max_position of {limits.max_position:g} (held {exposure.held}, "
+                                                f"{exposure.buying} more on the way, this order {order.quantity})"))
+    if limits.max_orders_per_day is not None and exposure.orders_today >= limits.max_orders_per_day:
+        found.append(Breach("max_orders_per_day", f"the {scope} max_orders_per_day of {limits.max_orders_per_day:g} "
+                                                  f"has been reached ({exposure.orders_today} sent this trading day)",
+                            "symbol"))
+    return found

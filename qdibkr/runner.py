@@ -1,12 +1,15 @@
 """The runner: turns queued signals into orders exactly once, paced, within the user's limits.
 
-It holds one connection to TWS (its own client id) and one lock on the queue.
+It holds one connection to TWS (its own client id) and the queue's lease (one
+runner per queue, decided by the queue itself: ``Store.take_lease``).
 It wakes within milliseconds of a new signal (the emitter sends it a datagram
 on loopback; a slow safety poll covers a lost one), and for each signal that
-may go (the strategy's earlier signals on that symbol are final, trading hours
-and risk limits allow it, nothing is halted) it:
+may go (the strategy's earlier signals on that symbol are final, the trading
+hours allow it) it asks the gate (``gate.py``: the kill switch, the risk
+limits, the short-sale rule, board lots, measured now, since positions and
+limits change while a signal waits), which in one transaction:
 
-1. records ``submitting`` with the order id it is about to use, then
+1. records ``submitting`` with the order id it is about to use, then the runner
 2. sends the order with ``orderRef = qd-<signal id>``.
 
 After any start or reconnect it first reconciles: every signal it may have
@@ -29,32 +32,39 @@ the connection and reconnects, reconciling as after any reconnect.
 
 import asyncio
 import datetime as dt
-import fcntl
 import functools
 import logging
-import os
+import signal as signals
+import threading
 import time
+import uuid
 from collections import Counter
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 
 from . import hours
-from .config import Settings, config_file, load_settings
-from .errors import ConnectError, ContractError, InputError, QdibkrError
-from .ibkr import IBKR, until
-from .risk import RiskConfig, breaches, load_risk, start_of_day
-from .signals import WAKE_PORT_KEY
-from .store import FINAL, Fill, Signal, Store
+from .broker import Broker, until
+from .config import CLIENT_IDS, Heartbeat, RiskSource, Settings, load_config, load_settings
+from .errors import ConnectError, ContractError, QdibkrError
+from .gate import Gate, Refused
+from .model import FINAL, IN_FLIGHT, WAITING
+from .risk import RiskConfig
+from .store import CANCEL_OPEN_KEY, HALTED_KEY, WAKE_PORT_KEY, Fill, LeaseLost, Signal, Store
 
 log = logging.getLogger("qdibkr.runner")
 
-RUNNER_CLIENT_ID = 90
+RUNNER_CLIENT_ID = CLIENT_IDS["runner"]
 REF_PREFIX = "qd-"
 SAFETY_POLL = 2.0  # seconds; wake-ups normally come by datagram within a millisecond
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds between reconnection attempts
-HALTED_KEY, CANCEL_OPEN_KEY = "halted", "cancel_open"
-IN_FLIGHT = ("submitting", "submitted", "partially_filled")
-WAITING = ("pending", "held")
+# The queue's lease: renewed every third of its term. A runner killed on this host is replaced at once
+# (its pid is gone); on another host, a successor waits out the term.
+LEASE_TTL = 15.0
+# Other clients' open orders, as the gate counts them, may be this old (the runner's own are followed
+# live): one reqAllOpenOrders per order would halve the orders a second IB's pacing allows.
+OPEN_ORDERS_MAX_AGE = 1.0
+# Rules whose breach no waiting mends by itself are rejected; the kill switch holds; the risk limits do
+# as `on_breach` says.
+REJECTED_RULES = ("board_lot", "short_sale")
 
 
 def _filled(trade) -> int:
@@ -79,37 +89,9 @@ class RunnerBusy(QdibkrError):
     """Another runner holds this queue."""
 
 
-@dataclass(frozen=True)
-class Heartbeat:
-    """When the runner probes a silent TWS, and how long it waits for a sign of life.
-
-    Configured in the config file's ``[runner]`` section as ``heartbeat_interval``
-    and ``heartbeat_timeout`` (seconds). A dead connection is noticed at most
-    interval + timeout after TWS last sent anything."""
-
-    interval: float = 10.0  # seconds without a message from TWS before the runner asks it something
-    timeout: float = 5.0  # seconds to wait for any message after asking, before the connection counts as dead
-
-
-def load_heartbeat(config: dict) -> Heartbeat:
-    """The heartbeat settings of a parsed config file's ``[runner]`` section; defaults for those missing."""
-    section = config.get("runner", {})
-    values = {}
-    for name in ("interval", "timeout"):
-        key = f"heartbeat_{name}"
-        if key in section:
-            value = section[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise InputError(f"runner.{key}", f"{value!r} must be a number of seconds > 0")
-            values[name] = float(value)
-    return Heartbeat(**values)
-
-
 def runner_settings(**overrides) -> Settings:
     """Connection settings for the runner: the user's, with the runner's own client id by default."""
-    overrides.setdefault("client_id", os.environ.get("QDIBKR_RUNNER_CLIENT_ID") or
-                         config_file().get("runner", {}).get("client_id", RUNNER_CLIENT_ID))
-    return load_settings(**overrides)
+    return load_settings(face="runner", **overrides)
 
 
 class _Wakeup(asyncio.DatagramProtocol):
@@ -121,12 +103,16 @@ class _Wakeup(asyncio.DatagramProtocol):
 
 
 class Runner:
-    def __init__(self, store: Store, settings: Settings | None = None, risk: RiskConfig | None = None,
-                 heartbeat: Heartbeat | None = None):
+    def __init__(self, store: Store, settings: Settings | None = None,
+                 risk: RiskConfig | RiskSource | None = None, heartbeat: Heartbeat | None = None):
+        config = load_config(face="runner") if None in (settings, risk, heartbeat) else None
         self.store = store
-        self.ibkr = IBKR(settings or runner_settings())
-        self.risk = risk if risk is not None else load_risk(config_file())
-        self.heartbeat = heartbeat if heartbeat is not None else load_heartbeat(config_file())
+        self.ibkr = Broker(settings or config.connection)
+        self.risk = RiskSource.fixed(risk) if isinstance(risk, RiskConfig) else risk or config.risk
+        self.heartbeat = heartbeat or config.heartbeat
+        self.lease_holder = uuid.uuid4().hex
+        self.gate = Gate(self.ibkr, store, self.risk, "runner", lease_holder=self.lease_holder,
+                         open_orders_max_age=OPEN_ORDERS_MAX_AGE)
         self.wake = asyncio.Event()
         self.stopping = False
         self._cancels_sent: set[str] = set()
@@ -138,34 +124,50 @@ class Runner:
         ib.updateEvent += self._heard  # ib_insync emits it after each batch of incoming messages
 
     # ------------------------------------------------------------ lifecycle
-    @contextmanager
-    def lock(self, wait: bool = False):
-        """One runner per queue: an OS file lock, released even when the process is killed."""
-        path = f"{self.store.path}.runner.lock"
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                f.seek(0)
-                raise RunnerBusy(f"another runner holds the queue {self.store.path} ({f.read().strip()}); "
-                                 f"stop it first, or start this one with --wait to take over when it stops") from None
-            f.truncate(0)
-            f.write(f"pid {os.getpid()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
-            f.flush()
+    @asynccontextmanager
+    async def lease(self, wait: bool = False):
+        """One runner per queue: the queue's lease, held while this runner lives and renewed meanwhile.
+        Taken already: ``RunnerBusy``, or with ``wait`` the runner waits until it is free."""
+        while (holder := self.store.take_lease(self.lease_holder, LEASE_TTL)) is not None:
+            if not wait:
+                raise RunnerBusy(f"another runner holds the queue {self.store.path} ({holder}); stop it first, "
+                                 f"or start this one with --wait to take over when it stops")
+            log.info("waiting for the runner of %s (%s) to stop", self.store.path, holder)
+            await asyncio.sleep(LEASE_TTL / 3)
+        renewing = asyncio.ensure_future(self._renew_lease())
+        try:
             yield
+        finally:
+            renewing.cancel()
+            self.store.release_lease(self.lease_holder)
+
+    async def _renew_lease(self):
+        while True:
+            await asyncio.sleep(LEASE_TTL / 3)
+            try:
+                self.store.renew_lease(self.lease_holder, LEASE_TTL)
+            except LeaseLost as e:
+                log.error("%s; stopping", e)
+                self.stop()
+                return
 
     async def run(self, once: bool = False, wait: bool = False):
         """Work until stopped; with ``once``, until nothing is waiting to be sent or in flight."""
-        with self.lock(wait):
+        async with self.lease(wait):
             loop = asyncio.get_running_loop()
             transport, _ = await loop.create_datagram_endpoint(lambda: _Wakeup(self.wake), local_addr=("127.0.0.1", 0))
             self.store.set(WAKE_PORT_KEY, str(transport.get_extra_info("sockname")[1]))
+            reloads = threading.current_thread() is threading.main_thread()
+            if reloads:  # `kill -HUP`: read the risk limits again now (they are also re-read when the file changes)
+                loop.add_signal_handler(signals.SIGHUP, self.risk.reload)
             try:
                 while not self.stopping:
                     await self.connect()
                     if await self._serve_while_alive(once):
                         break
             finally:
+                if reloads:
+                    loop.remove_signal_handler(signals.SIGHUP)
                 self.store.set(WAKE_PORT_KEY, None)
                 transport.close()
                 self.ibkr.disconnect()
@@ -312,7 +314,6 @@ class Runner:
     # ------------------------------------------------------------ sending
     async def work(self):
         """One pass over the queue: cancel what the user asked to, send what may go."""
-        halted = self.store.get(HALTED_KEY)
         if self.store.get(CANCEL_OPEN_KEY):
             self._cancel_open()
             self.store.set(CANCEL_OPEN_KEY, None)
@@ -324,55 +325,42 @@ class Runner:
             if key in busy:
                 continue
             busy.add(key)
-            if signal.status in WAITING and not halted and self.ibkr.ib.isConnected():
+            if signal.status in WAITING and self.ibkr.ib.isConnected() and not self.stopping:
                 await self.send(signal)
 
     async def send(self, signal: Signal):
-        """Send one signal's order, or hold or reject it with the reason stored."""
+        """Send one signal's order if the trading hours and the gate let it go; else hold or reject it,
+        with the reason stored."""
+        risk = self.risk()
         now = dt.datetime.now(dt.timezone.utc)
-        if self.risk.outside_hours != "send" and not hours.is_open(signal.market, now):
+        if risk.outside_hours != "send" and not hours.is_open(signal.market, now):
             reason = f"outside trading hours; the market opens {hours.next_open(signal.market, now):%Y-%m-%d %H:%M} UTC"
-            self._refuse(signal, reason, self.risk.outside_hours)
+            self._refuse(signal, reason, risk.outside_hours)
             return
         held = self.store.positions(signal.strategy)
         position = next((p.quantity for p in held if p.symbol == signal.symbol), 0)
         quantity = signal.quantity if signal.quantity is not None else position
-        if signal.action == "SELL" and not 0 < quantity <= position:
-            self._refuse(signal, f"strategy {signal.strategy!r} holds {position} {signal.symbol}; "
-                                 f"no short selling", "reject")
+        if quantity <= 0:
+            self._refuse(signal, f"short_sale: strategy {signal.strategy!r} holds {position} {signal.symbol}; "
+                                 f"nothing to close", "reject")
             return
         try:
-            _, contract, lot = await self.ibkr.contract_async(signal.symbol, signal.market)
-            reason = await self._risk_breach(signal, quantity)
+            admitted = await self.gate.admit(signal.symbol, signal.action, quantity, signal.limit_price,
+                                             strategy=signal.strategy, market_type=signal.market, signal=signal)
         except ContractError as e:
             self._refuse(signal, str(e), "reject")
             return
-        if quantity % lot:
-            reason = reason or f"{quantity} is not a multiple of the board lot {lot:g}"
-        if reason:
-            self._refuse(signal, reason, self.risk.on_breach)
+        except Refused as e:
+            action = "hold" if e.rule == "halted" else "reject" if e.rule in REJECTED_RULES else risk.on_breach
+            self._refuse(signal, e.message, action)
             return
-        order_id = self.ibkr.next_order_id()
-        # Recorded before sending: a restart finds it at TWS by orderRef, or knows it never went.
-        self.store.update_signal(signal.id, status="submitting", order_id=order_id, order_quantity=quantity,
-                                 reason="")
-        self.ibkr.submit(contract, signal.action, quantity, limit=signal.limit_price, tif=signal.tif,
-                         order_ref=signal.order_ref, order_id=order_id)
-
-    async def _risk_breach(self, signal: Signal, quantity: int) -> str | None:
-        positions = self.store.positions()
-        notional = None
-        if self.risk.needs_prices:
-            price = signal.limit_price or await self.ibkr.price_async(signal.symbol, signal.market)
-            currency = "HKD" if signal.market == "HShare" else "USD"
-            notional = quantity * price * (1.0 if currency == "USD" else self.ibkr.rate_to_base(currency))
-        since = start_of_day()
-        reasons = breaches(
-            self.risk, signal.strategy, signal.symbol, signal.action, quantity, notional,
-            position=lambda within: sum(p.quantity for p in positions
-                                        if p.symbol == signal.symbol and within in (None, p.strategy)),
-            orders_today=lambda within: self.store.orders_today(within, since))
-        return reasons[0] if reasons else None
+        except LeaseLost as e:
+            log.error("%s; stopping", e)
+            self.stop()
+            return
+        # The gate recorded `submitting` before this send: a restart finds it at TWS by orderRef, or knows it never went.
+        self.ibkr.submit(admitted.contract, signal.action, quantity, limit=signal.limit_price, tif=signal.tif,
+                         order_ref=signal.order_ref, order_id=admitted.order_id)
 
     def _refuse(self, signal: Signal, reason: str, action: str):
         status = "held" if action == "hold" else "rejected"

@@ -12,24 +12,26 @@ twice stores one signal and returns it both times.
 import os
 import socket
 
+from . import validate
+from .config import current
 from .errors import InputError
-from .ibkr import positive_price
-from .store import Store
+from .model import SignalStatus, SignalType
+from .store import WAKE_PORT_KEY, Store
 from .symbols import HK_SHARE, parse_symbol
 
-SIGNAL_TYPES = {"open_long": "BUY", "add_long": "BUY", "close_long": "SELL", "reduce_long": "SELL"}
-WAKE_PORT_KEY = "runner.wake_port"
+SIGNAL_TYPES = {t.value: t.side.value for t in SignalType}  # the four types, and the side each trades
 RUN_ID_ENV = "QDIBKR_RUN_ID"  # set by `qdibkr run`: signals wait for the notebook run to succeed
 
-_default_store: Store | None = None
+_stores: dict = {}
 
 
 def default_store() -> Store:
-    """The queue at QDIBKR_DB (or the default path), opened once per process."""
-    global _default_store
-    if _default_store is None:
-        _default_store = Store()
-    return _default_store
+    """The configured queue (``config.current().queue_db``: QDIBKR_DB, ``[queue] db``, the default), one
+    handle per file per process: the same queue the CLI and the runner use."""
+    path = current().queue_db.resolve()
+    if path not in _stores:
+        _stores[path] = Store(path)
+    return _stores[path]
 
 
 def board_lot(store: Store, symbol, ibkr=None) -> int:
@@ -60,14 +62,9 @@ def emit(signal_type: str, symbol: str, quantity: int | None = None, *, strategy
     if quantity is None:
         if signal_type != "close_long":
             raise InputError("quantity", f"{signal_type} needs a quantity (only close_long may omit it to close all)")
-    elif isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0 \
-            or not float(quantity).is_integer():
-        raise InputError("quantity", f"{quantity!r} must be a positive whole number of shares")
-    if limit is not None and not positive_price(limit):
-        raise InputError("limit", f"{limit!r} must be a positive limit price (or None for a market order)")
-    tif = (tif or "").upper()
-    if tif not in ("DAY", "GTC"):
-        raise InputError("tif", f"{tif!r} is not a time in force; use DAY or GTC")
+    else:
+        validate.quantity(quantity)
+    limit, tif = validate.limit_price(limit), validate.tif(tif)
     sym = parse_symbol(symbol, market_type)
     lot = board_lot(store, sym, ibkr)
     if quantity is not None and quantity % lot:
@@ -91,7 +88,7 @@ def emit(signal_type: str, symbol: str, quantity: int | None = None, *, strategy
             db, strategy=strategy, symbol=sym.display, market=sym.market, signal_type=signal_type,
             quantity=None if quantity is None else int(quantity), order_type="LMT" if limit is not None else "MKT",
             limit_price=None if limit is None else float(limit), tif=tif, idempotency_key=key,
-            source=source, run_id=run_id, status="staged" if run_id else "pending")
+            source=source, run_id=run_id, status=SignalStatus.STAGED if run_id else SignalStatus.PENDING)
     wake_runner(store)
     return signal
 

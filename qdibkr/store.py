@@ -1,17 +1,25 @@
 """The durable pending-order queue: signals, their orders' progress, fills and per-strategy positions.
 
 All SQL lives here, kept plain (no SQLite-only tricks beyond the pragmas) so a
-PostgreSQL backend can follow. The default is a SQLite file in WAL mode at
-``QDIBKR_DB``, the config file's ``[queue] db``, or ``~/.local/share/qdibkr/queue.sqlite``.
-Every state change is one transaction; WAL with ``synchronous=NORMAL`` keeps
-every committed change through a crash of any process (a power cut may lose
-the last moment).
+PostgreSQL backend can follow. The queue is a SQLite file in WAL mode (where:
+``config.queue_path``). Every operation is atomic inside the store (one
+transaction, named for what it does: emit, admit an order, record a fill, halt,
+take the runner's lease...), so callers never hold a transaction. WAL with
+``synchronous=NORMAL`` keeps every committed change through a crash of any
+process (a power cut may lose the last moment).
 
-A signal's life: ``staged`` (emitted by a notebook run still in progress) ->
-``pending`` -> ``held`` (a risk rule or the trading hours hold it) ->
-``submitting`` (written before the order is sent) -> ``submitted`` ->
-``partially_filled`` -> ``filled``; or it ends ``cancelled`` or ``rejected``
-with a reason.
+Every order sent, from any face, is journalled in ``orders`` by the gate in
+the same transaction that checked it: what "orders per day" counts.
+
+One runner per queue: the runner holds a lease in the ``lease`` row, renewed
+while it lives; whatever path reaches the file (a symlink, a relative path), or
+later whichever host, a second runner finds the lease taken.
+
+A signal's life (``model.TRANSITIONS``; any other change is an error):
+``staged`` (emitted by a notebook run still in progress) -> ``pending`` ->
+``held`` (the gate or the trading hours hold it) -> ``submitting`` (written
+before the order is sent) -> ``submitted`` -> ``partially_filled`` ->
+``filled``; or it ends ``cancelled`` or ``rejected`` with a reason.
 
 A notebook run (``qdibkr run``, a scheduled job) is recorded in ``runs``:
 ``running`` -> ``succeeded`` or ``failed``; a schedule slot passed over is
@@ -20,6 +28,7 @@ recorded ``skipped``.
 
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -28,11 +37,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .errors import QdibkrError
+from .model import FINAL, IN_FLIGHT, WAITING, SignalStatus, SignalType, check_transition
+
 log = logging.getLogger("qdibkr.queue")
 
-FINAL = ("filled", "cancelled", "rejected")
-STATUSES = ("staged", "pending", "held", "submitting", "submitted", "partially_filled") + FINAL
-DEFAULT_DB = Path("~/.local/share/qdibkr/queue.sqlite")
+HALTED_KEY, CANCEL_OPEN_KEY, WAKE_PORT_KEY = "halted", "cancel_open", "runner.wake_port"
+_FINAL_SQL = ", ".join(f"'{s}'" for s in FINAL)
+_IN_FLIGHT_SQL = ", ".join(f"'{s}'" for s in IN_FLIGHT)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS signals (
@@ -61,6 +73,28 @@ CREATE TABLE IF NOT EXISTS signals (
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS signals_status ON signals (status);
+CREATE INDEX IF NOT EXISTS signals_strategy_symbol ON signals (strategy, symbol);
+CREATE TABLE IF NOT EXISTS orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sent_at REAL NOT NULL,
+    trading_day TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    strategy TEXT,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    order_id INTEGER,
+    signal_id TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_day ON orders (trading_day, strategy);
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    since REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fills (
     exec_id TEXT PRIMARY KEY,
     signal_id TEXT NOT NULL REFERENCES signals (id),
@@ -137,7 +171,7 @@ class Signal:
 
     @property
     def action(self) -> str:
-        return "BUY" if self.signal_type in ("open_long", "add_long") else "SELL"
+        return SignalType(self.signal_type).side
 
     @property
     def order_ref(self) -> str:
@@ -196,15 +230,57 @@ class Run:
         return None if self.finished_at is None else self.finished_at - self.started_at
 
 
-def default_path(config_db: str | None = None) -> Path:
-    return Path(os.environ.get("QDIBKR_DB") or config_db or DEFAULT_DB).expanduser()
+@dataclass(frozen=True)
+class SentOrder:
+    """An order as the gate journals it when it lets it go."""
+
+    origin: str  # cli, api, widget, python, runner
+    strategy: str | None
+    symbol: str
+    side: str
+    quantity: int
+    trading_day: str  # the exchange's date it was sent on (risk.trading_day)
+    order_id: int | None = None
+    signal_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds the runner's lease on this queue."""
+
+    holder: str
+    host: str
+    pid: int
+    since: float
+    expires_at: float
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}"
+
+
+class LeaseLost(QdibkrError):
+    """The runner no longer holds the queue's lease: another runner took it (this one stalled past its expiry)."""
+
+
+def _alive_here(host: str, pid: int) -> bool | None:
+    """Whether process ``pid`` lives, if it is on this host (None: another host, which only the lease's
+    expiry can tell about)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Store:
     """One process's handle on the queue database; safe to share between threads."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path).expanduser() if path else default_path()
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -285,8 +361,8 @@ class Store:
         return [self._signal(r) for r in reversed(self._query(sql, args))]  # the latest, oldest first
 
     def open_signals(self) -> list[Signal]:
-        """Every signal not yet final, in emission order."""
-        return self.signals(statuses=[s for s in STATUSES if s not in FINAL and s != "staged"])
+        """Every signal the runner has to mind (waiting or in flight), in emission order."""
+        return self.signals(statuses=WAITING + IN_FLIGHT)
 
     def update_signal(self, signal_id: str, db=None, **changes) -> Signal:
         """Change a signal's columns (its status among them) in one transaction, and log it."""
@@ -295,6 +371,9 @@ class Store:
         if db is None:
             with self.transaction() as db:
                 return self.update_signal(signal_id, db, **changes)
+        if "status" in changes:
+            old = db.execute("SELECT status FROM signals WHERE id = ?", (signal_id,)).fetchone()["status"]
+            check_transition(signal_id, old, changes["status"])
         db.execute(f"UPDATE signals SET {assignments} WHERE id = ?", (*changes.values(), signal_id))
         signal = self._signal(db.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone())
         if "status" in changes:
@@ -304,10 +383,11 @@ class Store:
 
     def pending_delta(self, db, strategy: str, symbol: str) -> tuple[int, bool]:
         """Shares the strategy's unfinished signals on a symbol will add (sells negative), and
-        whether one of them closes the whole position."""
+        whether one of them closes the whole position. Staged signals (of a notebook run still going,
+        which may yet fail) do not count."""
         rows = db.execute(
             f"SELECT signal_type, quantity, filled FROM signals WHERE strategy = ? AND symbol = ? "
-            f"AND status NOT IN ({', '.join('?' * len(FINAL))})", (strategy, symbol, *FINAL)).fetchall()
+            f"AND status NOT IN ({_FINAL_SQL}, 'staged')", (strategy, symbol)).fetchall()
         delta, closes = 0, False
         for row in rows:
             if row["quantity"] is None:
@@ -323,7 +403,7 @@ class Store:
         cancel it at IB. A final signal is left as it is."""
         with self.transaction() as db:
             row = db.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone()
-            if row["status"] in ("staged", "pending", "held"):
+            if row["status"] in ("staged",) + WAITING:
                 return self.update_signal(signal_id, db, status="cancelled", reason="cancelled by the user")
             if row["status"] not in FINAL:
                 return self.update_signal(signal_id, db, cancel_requested=1)
@@ -343,13 +423,114 @@ class Store:
                               "idempotency_key = idempotency_key || ' discarded by run ' || run_id "
                               "WHERE run_id = ? AND status = 'staged'", (reason, time.time(), run_id)).rowcount
 
-    def orders_today(self, strategy: str | None, since: float) -> int:
-        sql = "SELECT COUNT(*) FROM signals WHERE order_id IS NOT NULL AND created_at >= ?"
-        args = [since]
-        if strategy:
+    # ------------------------------------------------------------ the gate's operations
+    def in_flight(self, db, symbol: str, strategy: str | None = None) -> tuple[int, int]:
+        """Shares still to buy and to sell by signals sent and not finished (of one strategy, or all)."""
+        sql = (f"SELECT signal_type, order_quantity, filled FROM signals WHERE symbol = ? "
+               f"AND status IN ({_IN_FLIGHT_SQL})")
+        args = [symbol]
+        if strategy is not None:
             sql += " AND strategy = ?"
             args.append(strategy)
-        return self._query(sql, args)[0][0]
+        buying = selling = 0
+        for row in db.execute(sql, args):
+            left = (row["order_quantity"] or 0) - row["filled"]
+            if SignalType(row["signal_type"]).side == "BUY":
+                buying += left
+            else:
+                selling += left
+        return buying, selling
+
+    def submitting_refs(self, db, symbol: str) -> list[tuple[str, str, int]]:
+        """(orderRef, side, shares) of signals recorded ``submitting``: sent, or about to be, and maybe
+        not yet known to TWS."""
+        rows = db.execute("SELECT id, signal_type, order_quantity FROM signals WHERE symbol = ? "
+                          "AND status = 'submitting'", (symbol,)).fetchall()
+        return [(f"qd-{r['id']}", SignalType(r["signal_type"]).side, r["order_quantity"] or 0) for r in rows]
+
+    def orders_today(self, db, trading_day: str, strategy: str | None = None) -> int:
+        """Orders sent on an exchange's ``trading_day`` (of one strategy, or all)."""
+        sql, args = "SELECT COUNT(*) FROM orders WHERE trading_day = ?", [trading_day]
+        if strategy is not None:
+            sql += " AND strategy = ?"
+            args.append(strategy)
+        return db.execute(sql, args).fetchone()[0]
+
+    def position(self, db, strategy: str, symbol: str) -> int:
+        row = db.execute("SELECT quantity FROM positions WHERE strategy = ? AND symbol = ?",
+                         (strategy, symbol)).fetchone()
+        return row["quantity"] if row else 0
+
+    def admit(self, judge, order: SentOrder, *, lease_holder: str | None = None) -> Signal | None:
+        """Let an order go, atomically: ``judge(db)`` measures and checks it inside this transaction and
+        raises to refuse it (nothing is written then); otherwise the order is journalled and, for a
+        signal, the signal recorded ``submitting`` with its order id and size. A runner passes its
+        ``lease_holder``: if it no longer holds the lease, ``LeaseLost`` is raised and nothing is sent."""
+        with self.transaction() as db:
+            if lease_holder is not None:
+                row = db.execute("SELECT holder FROM lease WHERE name = 'runner'").fetchone()
+                if row is None or row["holder"] != lease_holder:
+                    raise LeaseLost(f"this runner lost the lease on the queue {self.path} to another runner; "
+                                    f"it sends nothing more")
+            judge(db)
+            values = [getattr(order, f.name) for f in fields(SentOrder)]
+            db.execute(f"INSERT INTO orders (sent_at, {', '.join(f.name for f in fields(SentOrder))}) "
+                       f"VALUES (?, {', '.join('?' * len(values))})", (time.time(), *values))
+            if order.signal_id:
+                return self.update_signal(order.signal_id, db, status=SignalStatus.SUBMITTING,
+                                          order_id=order.order_id, order_quantity=order.quantity, reason="")
+        return None
+
+    def read(self, reader):
+        """``reader(db)`` over one consistent view of the queue (a transaction that writes nothing)."""
+        with self.transaction() as db:
+            return reader(db)
+
+    def halted(self, db=None) -> str | None:
+        """Why trading is halted (the kill switch), or None; within the caller's transaction ``db`` if given."""
+        if db is None:
+            return self.get(HALTED_KEY)
+        row = db.execute("SELECT value FROM control WHERE key = ?", (HALTED_KEY,)).fetchone()
+        return row["value"] if row else None
+
+    def halt(self, reason: str, cancel_open: bool = False):
+        """Throw the kill switch: no face sends an order until ``resume``. With ``cancel_open``, the
+        runner also cancels every working order it placed."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (HALTED_KEY, reason or "halted"))
+            if cancel_open:
+                db.execute("INSERT OR REPLACE INTO control VALUES (?, '1')", (CANCEL_OPEN_KEY,))
+        log.warning("trading halted: %s", reason)
+
+    def resume(self):
+        self.set(HALTED_KEY, None)
+        log.warning("trading resumed")
+
+    # ------------------------------------------------------------ the runner's lease
+    def take_lease(self, holder: str, ttl: float) -> Lease | None:
+        """Take the runner's lease for ``ttl`` seconds if it is free, expired, held by a process of this
+        host that is gone, or ours already; else return who holds it."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM lease WHERE name = 'runner'").fetchone()
+            if row is not None and row["holder"] != holder and row["expires_at"] > now \
+                    and _alive_here(row["host"], row["pid"]) is not False:
+                return Lease(*(row[k] for k in ("holder", "host", "pid", "since", "expires_at")))
+            db.execute("INSERT OR REPLACE INTO lease VALUES ('runner', ?, ?, ?, ?, ?)",
+                       (holder, socket.gethostname(), os.getpid(), now, now + ttl))
+        return None
+
+    def renew_lease(self, holder: str, ttl: float):
+        """Extend our lease; ``LeaseLost`` if another runner holds it now."""
+        with self.transaction() as db:
+            changed = db.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner' AND holder = ?",
+                                 (time.time() + ttl, holder)).rowcount
+        if not changed:
+            raise LeaseLost(f"this runner lost the lease on the queue {self.path} to another runner")
+
+    def release_lease(self, holder: str):
+        with self.transaction() as db:
+            db.execute("DELETE FROM lease WHERE name = 'runner' AND holder = ?", (holder,))
 
     # ------------------------------------------------------------ fills and positions
     def record_fill(self, fill: Fill, currency: str) -> bool:
@@ -375,11 +556,6 @@ class Store:
         log.info("fill %s %s %s %d %s @ %g (commission %g %s)", fill.exec_id, fill.strategy, fill.side,
                  fill.shares, fill.symbol, fill.price, fill.commission, fill.commission_currency)
         return True
-
-    def position(self, db, strategy: str, symbol: str) -> int:
-        row = db.execute("SELECT quantity FROM positions WHERE strategy = ? AND symbol = ?",
-                         (strategy, symbol)).fetchone()
-        return row["quantity"] if row else 0
 
     def positions(self, strategy: str | None = None) -> list[StrategyPosition]:
         sql = "SELECT * FROM positions" + (" WHERE strategy = ?" if strategy else "") + " ORDER BY strategy, symbol"

@@ -15,6 +15,9 @@ from .errors import InputError
 
 US_STOCK, HK_SHARE = "USStock", "HShare"
 MARKET_TYPES = (US_STOCK, HK_SHARE)
+# qdibkr's simulated gateway reports its price model's seed as an account value under this tag, which no
+# TWS sends: how a client tells the simulator's synthetic data from IB's (``Broker.data_source``).
+SIMULATOR_TAG = "QdibkrSimulatorSeed"
 FORMATS = "US tickers like AAPL or BRK.B; Hong Kong stocks as 0700.HK, 00700 or 700"
 
 _US = re.compile(r"^([A-Z]{1,6})(?:[ ./-]([A-Z]))?$")

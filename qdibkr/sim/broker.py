@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 from ..commissions import commission
-from ..ibkr import SIMULATOR_TAG
+from ..symbols import SIMULATOR_TAG
 from . import catalogue
 from .catalogue import Listing
 from .market import PriceModel

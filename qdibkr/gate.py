@@ -1,0 +1,126 @@
+"""The gate: the one pre-trade check every order passes, whichever face it comes from.
+
+The CLI, the HTTP API, the widgets, the Python API (all through ``ibkr.IBKR``)
+and the runner (for each signal, at the moment it sends it) call
+``Gate.admit`` before anything reaches TWS. It measures what the rules need:
+
+- from TWS: the contract and its board lot, the account's position, the open
+  orders of every client on the symbol, a price when a notional limit needs one;
+- from the queue, inside the one transaction that also journals the order:
+  the kill switch, the strategy's position and its signals in flight, signals
+  recorded ``submitting`` that TWS may not know yet, the orders sent in the
+  exchange's trading day;
+
+and hands them to ``risk.check`` (pure). A refusal raises ``Refused``, naming
+each rule broken with its numbers, in the same words on every face, and
+nothing is stored or sent. An order let through is journalled (and a signal
+recorded ``submitting``) before the caller sends it: what the next check
+counts, in this process or another.
+"""
+
+import time
+from dataclasses import dataclass
+
+from .broker import Broker
+from .config import RiskSource
+from .errors import InputError
+from .model import Side
+from .risk import Breach, Exposure, Order, check, trading_day
+from .store import SentOrder, Signal, Store
+from .symbols import Symbol
+
+
+class Refused(InputError):
+    """The gate refused an order: ``rule`` is the first rule broken (as named in the config file, or
+    ``halted``, ``short_sale``, ``board_lot``), ``breaches`` all of them. Nothing was stored or sent."""
+
+    def __init__(self, breaches: list[Breach]):
+        self.breaches = breaches
+        self.rule = breaches[0].rule
+        super().__init__(breaches[0].field, "order refused: " + "; ".join(str(b) for b in breaches))
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An order the gate let go: send it with this contract and order id."""
+
+    symbol: Symbol
+    contract: object  # the broker's qualified contract
+    quantity: int
+    order_id: int
+
+
+class Gate:
+    """The pre-trade check of one connection. ``origin`` names the face in the journal; a runner passes
+    its ``lease_holder`` (only the lease's holder may send signals) and may accept other clients' open
+    orders as listed up to ``open_orders_max_age`` seconds ago (its own it follows live), to spare TWS a
+    request per order."""
+
+    def __init__(self, broker: Broker, store: Store, risk: RiskSource, origin: str, *,
+                 lease_holder: str | None = None, open_orders_max_age: float = 0.0, clock=time.time):
+        self.broker, self.store, self.risk, self.origin = broker, store, risk, origin
+        self.lease_holder = lease_holder
+        self.open_orders_max_age = open_orders_max_age
+        self.clock = clock
+
+    async def admit(self, symbol: str, side: Side, quantity: int, limit: float | None = None, *,
+                    strategy: str | None = None, market_type: str | None = None,
+                    signal: Signal | None = None) -> Admitted:
+        """Check one order against every rule; journal it and return how to send it, or raise ``Refused``."""
+        return await self._judge(symbol, side, quantity, limit, strategy, market_type, signal, dry_run=False)
+
+    async def preview(self, symbol: str, side: Side, quantity: int, limit: float | None = None, *,
+                      strategy: str | None = None, market_type: str | None = None) -> list[Breach]:
+        """The rules the order would break if sent now (an order ticket shows them before sending);
+        nothing is journalled."""
+        try:
+            await self._judge(symbol, side, quantity, limit, strategy, market_type, None, dry_run=True)
+        except Refused as e:
+            return e.breaches
+        return []
+
+    async def _judge(self, symbol, side, quantity, limit, strategy, market_type, signal, dry_run) -> Admitted:
+        risk = self.risk()
+        sym, contract, lot = await self.broker.contract_async(symbol, market_type)
+        order = Order(sym, side, quantity, limit, strategy)
+        notional = None
+        if risk.needs_prices:
+            price = limit or await self.broker.price_async(sym.display, sym.market)
+            rate = 1.0 if sym.currency == "USD" else self.broker.rate_to_base(sym.currency)
+            notional = quantity * price * rate
+        held = int(self.broker.held(contract))
+        at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age)
+        known_refs = {ref for ref, _, _ in at_tws if ref}
+        day = trading_day(sym.market, self.clock())
+        order_id = 0 if dry_run else signal.order_id if signal and signal.order_id else self.broker.next_order_id()
+
+        def judge(db):
+            # Signals recorded `submitting` that TWS does not list yet are on their way to it all the same.
+            on_the_way = [(s, n) for ref, s, n in self.store.submitting_refs(db, sym.display) if ref not in known_refs]
+            on_the_way += [(s, n) for _, s, n in at_tws]
+            account = Exposure(
+                held=held,
+                buying=int(sum(n for s, n in on_the_way if s == Side.BUY)),
+                selling=int(sum(n for s, n in on_the_way if s == Side.SELL)),
+                orders_today=self.store.orders_today(db, day) if risk.counts_orders else 0)
+            own = None
+            if strategy:
+                buying, selling = self.store.in_flight(db, sym.display, strategy)
+                own = Exposure(held=self.store.position(db, strategy, sym.display), buying=buying, selling=selling,
+                               orders_today=self.store.orders_today(db, day, strategy) if risk.counts_orders else 0)
+            found = check(risk, order, notional, int(lot), account, own)
+            halted = self.store.halted(db)
+            if halted:
+                found.insert(0, Breach("halted", f"trading is halted ({halted}); `qdibkr resume` lifts the kill "
+                                                 f"switch", "halted"))
+            if found:
+                raise Refused(found)
+
+        if dry_run:
+            self.store.read(judge)
+            return Admitted(sym, contract, quantity, order_id)
+        self.store.admit(judge, SentOrder(
+            origin=self.origin, strategy=strategy, symbol=sym.display, side=side, quantity=quantity,
+            trading_day=day, order_id=order_id, signal_id=signal.id if signal else None),
+            lease_holder=self.lease_holder)
+        return Admitted(sym, contract, quantity, order_id)
