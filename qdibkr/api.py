@@ -273,7 +273,8 @@ class Api:
         if session.is_connected() and given.get("account", session.account) != session.account:
             raise InputError("account", f"this session trades account {session.account}; to trade "
                                         f"{given['account']}, disconnect and connect with that account")
-        return await session.place_order_async(  # through the gate: kill switch, risk limits, short salesgiven["symbol"], given["side"], given["quantity"], limit=limit,
+        # Through the gate, as every face's orders: the kill switch, the risk limits, the short-sale rule.
+        return await session.place_order_async(given["symbol"], given["side"], given["quantity"], limit=limit,
                                                tif=given.get("tif", "DAY"), market_type=given.get("marketType"))
 
     async def cancel_order(self, request: Request):

@@ -9,6 +9,10 @@ in the kernel) and the board lots their sizing needs.
     board_lots(ibkr, ["0700.HK", "AAPL"])   # {"0700.HK": 100, "AAPL": 1}
 """
 
+import os
+import tempfile
+from pathlib import Path
+
 from .ibkr import IBKR
 from .signals import board_lot, default_store
 from .symbols import parse_symbol
@@ -17,15 +21,21 @@ _gateways = []  # simulated gateways started in this kernel: they serve until it
 
 
 def gateway_port(port: int | None) -> int | None:
-    """``port``, except that 0 starts a simulated gateway in this process and gives its port. (Its bars
-    are cached apart from TWS's by ``qdibkr.bars`` itself, as any simulated gateway's are.)"""
+    """``port``, except that 0 starts a simulated gateway in this process, with a queue of its own
+    (``QDIBKR_DB`` for this process), and gives its port. (Its bars are cached apart from TWS's by
+    ``qdibkr.bars`` itself, as any simulated gateway's are.)"""
     if port != 0:
         return port
     from .sim import SimGateway
 
     gateway = SimGateway(port=0).start_in_thread()
     _gateways.append(gateway)
-    print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (paper account DU1234567, offline)")
+    # Its account is not the one of the configured queue's strategies and fills: a queue of its own beside it,
+    # for everything in this kernel (the widgets, qdibkr.emit), so the two never mix.
+    queue = Path(tempfile.mkdtemp(prefix="qdibkr-sim-")) / "queue.sqlite"
+    os.environ["QDIBKR_DB"] = str(queue)
+    print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (paper account DU1234567, offline); "
+          f"its queue: {queue}")
     return gateway.port
 
 

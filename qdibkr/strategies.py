@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .signals import SIGNAL_TYPES
+from .model import SignalType
 
 ORDER_COLUMNS = ["time", "symbol", "signal", "side", "quantity", "price", "units"]
 
@@ -91,7 +91,7 @@ def orders(targets: pd.DataFrame, close: pd.DataFrame, *, notional: float,
         "time": close.index[rows],
         "symbol": close.columns[cols],
         "signal": signal,
-        "side": [SIGNAL_TYPES[s] for s in signal],
+        "side": [SignalType(s).side.value for s in signal],
         "quantity": np.abs(change[rows, cols]),
         "price": close.to_numpy()[rows, cols],
         "units": units.to_numpy()[rows, cols],

@@ -3,7 +3,8 @@
 import pytest
 from ib_insync import IB, util
 
-from qdibkr.ibkr import IBKR, until
+from qdibkr.broker import until
+from qdibkr.ibkr import IBKR
 from qdibkr.sim import SimGateway
 from qdibkr.store import Store
 

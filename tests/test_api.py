@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                status_code_conformance)
 
 from qdibkr.api import MAX_BODY
-from qdibkr.runner import HALTED_KEY
+from qdibkr.store import HALTED_KEY
 from qdibkr.store import Store
 
 TOKEN = "t0ken-4-tests-only-9f3b"

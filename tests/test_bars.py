@@ -8,7 +8,8 @@ import pytest
 from qdibkr import PacingError, TWSError
 from qdibkr.bars import Cache, CacheKey, Pacer, fetch, period_start
 from qdibkr.cli import main
-from qdibkr.ibkr import IBKR, SIMULATOR_TAG
+from qdibkr.ibkr import IBKR
+from qdibkr.symbols import SIMULATOR_TAG
 from qdibkr.sim import SimGateway
 
 

@@ -90,7 +90,7 @@ def test_output_cut_short_by_a_pipe_is_no_error(store, tmp_path):
 
 def test_errors_are_plain_and_set_the_exit_code(cli, capsys):
     code, _, err = cli("order", "buy", "700", "150")
-    assert code == 2 and "quantity: 0700.HK trades in board lots of 100 shares" in err
+    assert code == 2 and "board_lot: 0700.HK trades in board lots of 100 shares" in err
     code, _, err = cli("order", "sell", "AAPL", "1")
     assert code == 2 and "quantity: selling 1 AAPL would sell short" in err
     code, _, err = cli("quote", "NOPE")
@@ -103,7 +103,7 @@ def test_the_kill_switch_stops_direct_orders_too(cli, capsys, tmp_path, gateway)
     db = str(tmp_path / "queue.sqlite")
     run(capsys, "halt", "--db", db, "--reason", "checking the books")
     code, _, err = cli("order", "buy", "AAPL", "1", "--db", db)
-    assert code == 1 and "trading is halted (checking the books)" in err and "qdibkr resume" in err
+    assert code == 2 and "halted: trading is halted (checking the books)" in err and "qdibkr resume" in err
     assert gateway.broker.orders == {}
     run(capsys, "resume", "--db", db)
     code, out, _ = cli("order", "buy", "AAPL", "1", "--db", db, "--json")
@@ -187,7 +187,7 @@ def test_queue_commands(cli, capsys, tmp_path, gateway, monkeypatch):
     assert [(s["symbol"], s["status"]) for s in json.loads(out)] == [("0700.HK", "pending"), ("AAPL", "cancelled")]
 
     code, out, _ = run(capsys, "halt", "--db", db)
-    assert code == 0 and "sends nothing" in out
+    assert code == 0 and "no order is sent" in out
     config = tmp_path / "config.toml"
     config.write_text('[risk]\noutside_hours = "send"\n')
     monkeypatch.setenv("QDIBKR_CONFIG", str(config))

@@ -173,7 +173,7 @@ def test_rejection_shows_ibs_reason(ibkr):
 def test_a_sale_beyond_what_is_held_is_refused_before_sending(ibkr, gateway):
     """No short selling: TWS would refuse it only in a cash account like the simulator's, so qdibkr
     checks the position, less what open sell orders of any client have yet to sell, itself."""
-    with pytest.raises(InputError, match="selling 5 AAPL would sell short: account DU1234567 holds 0") as e:
+    with pytest.raises(InputError, match="short_sale: selling 5 AAPL would sell short: account holds 0") as e:
         ibkr.place_order("AAPL", "sell", 5)
     assert e.value.field == "quantity" and gateway.broker.orders == {}
     ibkr.place_order("AAPL", "buy", 5)
@@ -181,7 +181,7 @@ def test_a_sale_beyond_what_is_held_is_refused_before_sending(ibkr, gateway):
     with IBKR(port=gateway.port, client_id=2) as other:  # another client's resting sale of 3 of the 5
         other.place_order("AAPL", "sell", 3, limit=round(quote.ask * 1.05, 2))
     sent = len(gateway.broker.orders)
-    with pytest.raises(InputError, match="holds 5 and open orders already sell 3"):
+    with pytest.raises(InputError, match="holds 5 and its open orders already sell 3"):
         ibkr.place_order("AAPL", "sell", 3)
     assert len(gateway.broker.orders) == sent
     assert ibkr.place_order("AAPL", "sell", 2).status == "Filled"  # what is left to sell

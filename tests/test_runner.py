@@ -8,7 +8,8 @@ import pytest
 
 from qdibkr import InputError, emit
 from qdibkr.risk import Limits, RiskConfig
-from qdibkr.runner import HALTED_KEY, Runner, RunnerBusy, runner_settings
+from qdibkr.runner import Runner, RunnerBusy, runner_settings
+from qdibkr.store import HALTED_KEY
 from qdibkr.signals import wake_runner
 from qdibkr.sim import catalogue
 from qdibkr.store import Store
@@ -159,7 +160,8 @@ def test_risk_limits_reject_or_hold(store, gateway):
     emit("open_long", "AAPL", 2, strategy="ok", store=store)
     run_once(store, gateway, risk)
     reasons = {(s.symbol, s.strategy): (s.status, s.reason) for s in store.signals()}
-    assert reasons[("AAPL", "x")][1].startswith("60 shares exceed the global max_order_quantity of 50")
+    assert reasons[("AAPL", "x")][1].startswith("order refused: max_order_quantity: 60 shares exceed the global "
+                                                "max_order_quantity of 50")
     assert "not among the global allowed symbols" in reasons[("TSLA", "x")][1]
     assert "exceeds the global max_order_notional of 5,000.00" in reasons[("MSFT", "x")][1]
     assert "would exceed the strategy 'tiny' max_position of 3" in reasons[("AAPL", "tiny")][1]
@@ -191,11 +193,12 @@ def test_outside_hours_holds_by_default(store, gateway, monkeypatch):
 
 
 def test_kill_switch_stops_sending_and_survives_restarts(store, gateway):
-    store.set(HALTED_KEY, "halted by the user")
+    store.halt("halted by the user")
     emit("open_long", "AAPL", 1, strategy="a", store=store)
     run_once(store, gateway)
     run_once(store, gateway)  # a restarted runner is still halted
-    assert statuses(store) == [("open_long", "pending")] and gateway.broker.orders == {}
+    assert statuses(store) == [("open_long", "held")] and gateway.broker.orders == {}
+    assert "halted: trading is halted (halted by the user)" in store.signals()[0].reason
     store.set(HALTED_KEY, None)
     run_once(store, gateway)
     assert statuses(store) == [("open_long", "filled")]
@@ -220,15 +223,47 @@ def test_cancel_signal_before_and_after_sending(store, gateway):
     assert [o.status for o in gateway.broker.orders.values()] == ["Cancelled"]
 
 
-def test_a_second_runner_is_refused(store, gateway):
+def second_runner_refused(path, gateway):
+    second = Runner(Store(path), runner_settings(port=gateway.port, client_id=91), ALWAYS)
+    # On a loop of its own: asyncio.run would leave this thread without a current loop,
+    # which the ib_insync clients of later tests look up.
+    with closing(asyncio.new_event_loop()) as loop, \
+            pytest.raises(RunnerBusy, match="another runner holds the queue"):
+        loop.run_until_complete(second.run(once=True))
+
+
+@pytest.mark.parametrize("reach", ["same path", "symlink", "relative path"])
+def test_a_second_runner_on_the_same_queue_is_refused_by_any_path(store, gateway, tmp_path, monkeypatch, reach):
+    """The lease is in the queue itself: a symlink or a relative path to the same file finds it taken."""
     first = Runner(store, runner_settings(port=gateway.port), ALWAYS)
-    with first.lock():
-        second = Runner(store, runner_settings(port=gateway.port, client_id=91), ALWAYS)
-        # On a loop of its own: asyncio.run would leave this thread without a current loop,
-        # which the ib_insync clients of later tests look up.
-        with closing(asyncio.new_event_loop()) as loop, \
-                pytest.raises(RunnerBusy, match="another runner holds the queue"):
-            loop.run_until_complete(second.run(once=True))
+    assert store.take_lease(first.lease_holder, 60) is None
+    path = store.path
+    if reach == "symlink":
+        path = tmp_path / "elsewhere.sqlite"
+        path.symlink_to(store.path)
+    elif reach == "relative path":
+        monkeypatch.chdir(store.path.parent)
+        path = store.path.name
+    emit("open_long", "AAPL", 1, strategy="a", store=store)
+    second_runner_refused(path, gateway)
+    assert gateway.broker.orders == {} and statuses(store) == [("open_long", "pending")]
+    store.release_lease(first.lease_holder)
+    run_once(store, gateway)  # free again: the next runner takes it
+    assert statuses(store) == [("open_long", "filled")]
+
+
+def test_a_runner_that_lost_its_lease_sends_nothing(store, gateway):
+    """A runner that stalled past its lease's term, while another took the queue, must not send."""
+    emit("open_long", "AAPL", 1, strategy="a", store=store)
+    stalled = Runner(store, runner_settings(port=gateway.port), ALWAYS)
+    store.take_lease("another runner", 60)
+    with closing(asyncio.new_event_loop()) as loop:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(stalled.ibkr.connect_async())
+        loop.run_until_complete(stalled.send(store.signals()[0]))
+        stalled.ibkr.disconnect()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    assert stalled.stopping and gateway.broker.orders == {} and statuses(store) == [("open_long", "pending")]
 
 
 def test_fills_made_on_an_earlier_day_while_no_runner_was_up_are_flagged(store, gateway):

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from qdibkr import InputError, emit
-from qdibkr.runner import RUNNER_CLIENT_ID, Heartbeat, Runner, load_heartbeat, runner_settings
+from qdibkr.config import Heartbeat, load_heartbeat
+from qdibkr.runner import RUNNER_CLIENT_ID, Runner, runner_settings
 from qdibkr.signals import wake_runner
 from qdibkr.sim.server import Session
 from qdibkr.store import Store
