@@ -12,8 +12,9 @@ into JSON of one of two shapes::
     {"success": false, "error": "what went wrong and what to do", "field": "quantity" | null, "twsCode": 201 | null}
 
 The status says which failure: 400 bad input (``field`` names it), 401 missing
-or wrong token, 403 live trading not enabled on this server, 404 no such open
-order, 409 not connected or halted, 413 body over 64 KiB, 415 body not JSON,
+or wrong token, 403 live trading not enabled on this server or a web page of
+another origin asking, 404 no such open order, 409 not connected or halted,
+413 body over 64 KiB, 415 a POST or DELETE not sent as application/json,
 502 TWS refused or could not be reached. A 500 is a bug in qdibkr.
 
 Security. The server listens on loopback unless an API token is configured
@@ -21,8 +22,14 @@ Security. The server listens on loopback unless an API token is configured
 with a token, every request needs ``Authorization: Bearer <token>`` (compared
 in constant time) and a request without it reaches no endpoint. Without one,
 only requests addressed to a loopback name are served, so a web page cannot
-reach the API by DNS rebinding; and bodies must be ``application/json``,
-which a page cannot send to another origin without the browser asking first.
+reach the API by DNS rebinding. Every POST and DELETE must say
+``Content-Type: application/json`` (an empty body too), which a page cannot
+send to another origin without the browser asking first (CORS preflight); and
+a request whose ``Origin`` is not the server's own is refused outright, so a
+page of another origin can neither change nor read anything. Pages of the
+origins in the config file's ``[api] cors_origins`` are let through, with CORS
+headers; there are none unless configured. These checks run before any
+endpoint, so a refused request changes nothing.
 Live ports stay behind the server's own ``--live``: no request can opt in.
 The token is never logged.
 """
@@ -39,17 +46,19 @@ import os
 import re
 import socket
 from contextlib import asynccontextmanager, contextmanager
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import apispec
-from .apispec import camel, read
+from .apispec import JSON_METHODS, camel, read
 from .config import Settings, config_file
 from .errors import (ContractError, InputError, LiveTradingRefused, NotConnectedError, QdibkrError, TWSError,
                      UnknownOrder)
@@ -188,33 +197,101 @@ def loopback_name(host: str) -> bool:
         return False
 
 
+def origin_of(url: str) -> str | None:
+    """An origin as browsers write it in ``Origin`` (scheme://host[:port], lower case, no default
+    port); None if ``url`` is not one (another scheme, a path, "null", "*")."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    if default is None or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment \
+            or parts.username is not None or parts.password is not None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def allowed_origins(given: list[str] | None = None) -> list[str]:
+    """The origins whose web pages may call the API (with CORS): ``given``, else the config file's
+    ``[api] cors_origins``; none unless configured. Each must be an origin, not a pattern or "*"."""
+    if given is None:
+        given = config_file().get("api", {}).get("cors_origins", [])
+    if not isinstance(given, (list, tuple)):
+        raise InputError("cors_origins", f"must be a list of origins, like [\"http://localhost:8888\"], not {given!r}")
+    origins = []
+    for value in given:
+        origin = origin_of(value) if isinstance(value, str) else None
+        if origin is None:
+            raise InputError("cors_origins", f"{value!r} is not an origin: write scheme://host:port, like "
+                                             f"http://localhost:8888, for each web page that may call the API")
+        origins.append(origin)
+    return origins
+
+
+class SameOrigin:
+    """Outermost: a request with an ``Origin`` header (sent by browsers, not by curl or scripts) must
+    come from the server's own origin, or from one of ``allowed``; else 403, before anything else."""
+
+    def __init__(self, app, allowed: list[str]):
+        self.app = app
+        self.allowed = set(allowed)
+
+    async def __call__(self, scope, receive, send):
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        if refusal:
+            await error_response(None, refusal)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def refusal(self, scope) -> ApiError | None:
+        headers = Headers(scope=scope)
+        given = headers.get("origin")
+        if given is None:
+            return None
+        origin = origin_of(given)
+        own = origin_of(f"{scope['scheme']}://{headers.get('host', '')}")
+        if origin is not None and (origin == own or origin in self.allowed):
+            return None
+        return ApiError(403, f"this server does not take requests from web pages of other origins (Origin "
+                             f"{given[:100]!r}, not {own or 'its own'}); to let a page call it, add the page's "
+                             f"origin to cors_origins in the config file's [api] section", field="Origin")
+
+
 class Guard:
     """In front of every endpoint: with a token, the request must carry it; without one, it must be
-    addressed to a loopback name. A refused request reaches no endpoint, so it changes nothing."""
+    addressed to a loopback name; a POST or DELETE must say Content-Type: application/json.
+    A refused request reaches no endpoint, so it changes nothing."""
 
     def __init__(self, app, token: str | None):
         self.app = app
         self.token = token.encode() if token else None
 
     async def __call__(self, scope, receive, send):
-        refusal = self.refusal(Headers(scope=scope)) if scope["type"] == "http" else None
+        refusal = self.refusal(Headers(scope=scope), scope["method"]) if scope["type"] == "http" else None
         if refusal:
             await error_response(None, refusal)(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
-    def refusal(self, headers: Headers) -> ApiError | None:
+    def refusal(self, headers: Headers, method: str) -> ApiError | None:
         if self.token:
             scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
-                return None
-            return ApiError(401, "this server needs its API token: send Authorization: Bearer <token>",
-                            headers={"WWW-Authenticate": "Bearer"})
-        host = re.sub(r":[0-9]*$", "", headers.get("host", ""))
-        if loopback_name(host):
-            return None
-        return ApiError(400, f"this server answers requests to localhost, 127.0.0.1 or [::1] only, not {host!r}; "
-                             f"to serve other names, configure an API token", field="Host")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)):
+                return ApiError(401, "this server needs its API token: send Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})
+        else:
+            host = re.sub(r":[0-9]*$", "", headers.get("host", ""))
+            if not loopback_name(host):
+                return ApiError(400, f"this server answers requests to localhost, 127.0.0.1 or [::1] only, not "
+                                     f"{host!r}; to serve other names, configure an API token", field="Host")
+        media = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if method in JSON_METHODS and media != "application/json":
+            return ApiError(415, f"a {method} must carry Content-Type: application/json (this one has "
+                                 f"{media[:60] or 'none'}): send that header, with {{}} as the body when there "
+                                 f"is nothing to send", field="Content-Type")
+        return None
 
 
 # ------------------------------------------------------------------ the endpoints
@@ -279,6 +356,7 @@ class Api:
 
     async def cancel_order(self, request: Request):
         given = read(request.path_params, (apispec.ORDER_ID,), query=True)
+        read(await json_body(request), ())  # none, or {}
         with http_names():
             return await self.session.cancel_order_async(given["id"])
 
@@ -311,9 +389,12 @@ def endpoint(handler):
     return respond
 
 
-def create_app(defaults: Settings, store: Store, token: str | None = None) -> Starlette:
+def create_app(defaults: Settings, store: Store, token: str | None = None,
+               cors_origins: list[str] | None = None) -> Starlette:
     """The ASGI app: the endpoints over one session to TWS (made by POST /api/ibkr/connect,
-    where ``defaults`` fill in what the body leaves out), and the queue in ``store``."""
+    where ``defaults`` fill in what the body leaves out), and the queue in ``store``. Web pages
+    of ``cors_origins`` (default: the config file's ``[api] cors_origins``) may call it, with CORS."""
+    origins = allowed_origins(cors_origins)
     api = Api(defaults, store)
     document = apispec.document(token=bool(token))
 
@@ -330,7 +411,14 @@ def create_app(defaults: Settings, store: Store, token: str | None = None) -> St
     # Anything else is a bug: Starlette answers it through error_response (500) and uvicorn logs it.
     handlers = {QdibkrError: error_response, HTTPException: error_response, OSError: error_response,
                 Exception: error_response}
-    return Starlette(routes=routes, middleware=[Middleware(Guard, token=token)], exception_handlers=handlers,
+    # Outermost first. CORS sits outside the Guard: a preflight carries no token, and the Guard's
+    # refusals reach an allowed page with CORS headers, so it can read them.
+    middleware = [Middleware(SameOrigin, allowed=origins)]
+    if origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", *JSON_METHODS],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    middleware.append(Middleware(Guard, token=token))
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers,
                      lifespan=lifespan)
 
 
@@ -359,13 +447,14 @@ def listen(host: str, port: int, token: str | None) -> socket.socket:
     return sock
 
 
-def serve(host: str, port: int, defaults: Settings, store: Store):
-    """Serve the API until interrupted (Ctrl-C, SIGTERM), then disconnect from TWS."""
+def serve(host: str, port: int, defaults: Settings, store: Store, cors_origins: list[str] | None = None):
+    """Serve the API until interrupted (Ctrl-C, SIGTERM), then disconnect from TWS. Web pages of
+    ``cors_origins`` (default: the config file's ``[api] cors_origins``) may call it."""
     import uvicorn
 
     token = api_token()
+    app = create_app(defaults, store, token, cors_origins)
     sock = listen(host, port, token)
-    app = create_app(defaults, store, token)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=5))
     bound = sock.getsockname()
     address = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]

@@ -30,8 +30,10 @@ VERSION = "1.0.0"
 DESCRIPTION = """Interactive Brokers TWS / IB Gateway over HTTP: US and Hong Kong stocks, paper by default.
 
 Every answer is JSON: `{"success": true, "data": ...}`, or `{"success": false, "error": "...", "field": ...,
-"twsCode": ...}` with the status saying what kind of failure it is. Bodies are `application/json`; a field
-not listed for a request is refused."""
+"twsCode": ...}` with the status saying what kind of failure it is. Every POST and DELETE says
+`Content-Type: application/json`, with `{}` as the body when there is nothing to send (else 415); a field
+not listed for a request is refused. A request with an `Origin` other than the server's own is refused
+(403) unless that origin is in the server's `[api] cors_origins`."""
 
 
 @functools.cache  # called for every key of every response
@@ -208,9 +210,10 @@ class Operation:
     result: dict  # schema of the success response's data
     body: tuple[Field, ...] | None = None
     query: tuple[Field, ...] = ()
-    errors: tuple[int, ...] = ()  # statuses it may answer besides 200, 400 and (with a token) 401
+    errors: tuple[int, ...] = ()  # statuses it may answer besides 200, 400, 403 (Origin), 413/415 and 401 (token)
 
 
+JSON_METHODS = ("POST", "DELETE")  # their requests must say Content-Type: application/json, even without a body
 TWS = (409, 502)
 OPERATIONS = (
     Operation("status", "GET", "/api/ibkr/status", "Connection status", dataclass_record(Status), errors=(502,)),
@@ -225,7 +228,7 @@ OPERATIONS = (
     Operation("place_order", "POST", "/api/ibkr/order", "Place a market or limit order; answers once TWS has "
               "(409 while the kill switch is on)", dataclass_record(OrderResult), body=ORDER_FIELDS, errors=TWS),
     Operation("cancel_order", "DELETE", "/api/ibkr/order/{id}", "Cancel an open order this server placed",
-              dataclass_record(OrderResult), errors=(404, *TWS)),
+              dataclass_record(OrderResult), body=(), errors=(404, *TWS)),
     Operation("quote", "GET", "/api/ibkr/quote", "Bid, ask, last, close and volume (delayed when not subscribed)",
               dataclass_record(Quote), query=QUOTE_QUERY, errors=TWS),
     Operation("signal", "POST", "/api/ibkr/signal", "Queue a trading signal for the runner (the same key "
@@ -241,9 +244,11 @@ ERROR_SCHEMA = {
         "error": {"type": "string", "description": "what went wrong and what to do"},
         "field": {"type": "string", "nullable": True, "description": "the request field at fault"},
         "twsCode": {"type": "integer", "nullable": True, "description": "TWS's error code, when TWS refused"}}}
-REASONS = {400: "Bad input; `field` names it", 401: "No or wrong API token", 403: "Live trading is not enabled "
-           "on this server", 404: "No such open order", 409: "Not connected, or trading is halted",
-           413: "Body too large", 415: "Body is not application/json", 502: "TWS refused or could not be reached"}
+REASONS = {400: "Bad input; `field` names it", 401: "No or wrong API token", 403: "Sent by a web page of another "
+           "origin (`field`: Origin)", 404: "No such open order", 409: "Not connected, or trading is halted",
+           413: "Body too large", 415: "Content-Type is not application/json", 502: "TWS refused or could not be "
+           "reached"}
+LIVE_REFUSED = "Live trading is not enabled on this server, or sent by a web page of another origin (`field`: Origin)"
 
 
 def _parameter(f: Field, where: str) -> dict:
@@ -255,7 +260,9 @@ def document(token: bool) -> dict:
     """The OpenAPI 3.0 document; with ``token``, every operation needs the bearer token."""
     paths: dict = {}
     for op in OPERATIONS:
-        statuses = sorted({400, *op.errors, *((401,) if token else ()), *((413, 415) if op.body is not None else ())})
+        statuses = sorted({400, 403, *op.errors, *((401,) if token else ()), *((413,) if op.body is not None else ()),
+                           *((415,) if op.method in JSON_METHODS else ())})
+        reasons = {**REASONS, **({403: LIVE_REFUSED} if 403 in op.errors else {})}
         spec = {
             "operationId": op.name, "summary": op.summary,
             "parameters": [_parameter(f, "query") for f in op.query] +
@@ -264,7 +271,7 @@ def document(token: bool) -> dict:
                 "200": {"description": "Success", "content": {"application/json": {"schema": {
                     "type": "object", "additionalProperties": False, "required": ["success", "data"],
                     "properties": {"success": {"type": "boolean", "enum": [True]}, "data": op.result}}}}},
-                **{str(s): {"description": REASONS[s], "content": {"application/json": {
+                **{str(s): {"description": reasons[s], "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Error"}}}} for s in statuses}},
         }
         if op.body is not None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,11 +28,14 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, negativ
                                                response_headers_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-from qdibkr.api import MAX_BODY
+from qdibkr.api import MAX_BODY, create_app
+from qdibkr.config import Settings
+from qdibkr.errors import InputError
 from qdibkr.store import HALTED_KEY
 from qdibkr.store import Store
 
 TOKEN = "t0ken-4-tests-only-9f3b"
+JSON = {"Content-Type": "application/json"}  # what every POST and DELETE must say, even without a body
 
 
 # ---------------------------------------------------------------- a server per test
@@ -167,6 +171,26 @@ def test_brief_curl_examples_verbatim(server, gateway):
     assert positions["AAPL"] == 10
 
 
+def readme_curl_examples() -> list[str]:
+    """The curl commands of the README's HTTP API section, each on one line."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n### HTTP API\n", 1)[1].split("\n#", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.startswith("curl ")]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not on PATH")
+def test_readme_curl_examples_verbatim(server, gateway):
+    examples = readme_curl_examples()
+    assert len(examples) >= 4 and any("disconnect" in example for example in examples)
+    for example in examples:
+        command = example.replace("http://localhost:5000", server).replace('"port": 7497', f'"port": {gateway.port}')
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["success"] is True, (example, answer)
+
+
 def test_brief_requests_with_an_http_client(client, gateway):
     connect = brief_request(BRIEF_CONNECT)
     connect["content"] = connect["content"].replace('"port": 7497', f'"port": {gateway.port}')
@@ -197,11 +221,11 @@ def test_status_connect_and_disconnect(client, gateway):
     body = refused(client.post("/api/ibkr/connect", json={"port": gateway.port, "clientId": 4}), 409)
     assert "disconnect first" in body["error"]
 
-    assert ok(client.post("/api/ibkr/disconnect"))["connected"] is False
+    assert ok(client.post("/api/ibkr/disconnect", headers=JSON))["connected"] is False
     for path in ("/api/ibkr/account", "/api/ibkr/positions", "/api/ibkr/orders", "/api/ibkr/quote?symbol=AAPL"):
         assert "POST /api/ibkr/connect" in refused(client.get(path), 409)["error"]
     refused(client.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 1}), 409)
-    refused(client.delete("/api/ibkr/order/1"), 409)
+    refused(client.delete("/api/ibkr/order/1", headers=JSON), 409)
 
 
 def test_connect_failures(client, gateway):
@@ -245,7 +269,7 @@ def test_live_port_needs_the_servers_opt_in(client):
 
 def test_connection_flags_set_where_connect_goes(tmp_path, gateway):
     with serving(tmp_path, "serve", "--port", "0", "--tws-port", str(gateway.port), "--client-id", "7") as url:
-        data = ok(httpx.post(f"{url}/api/ibkr/connect"))
+        data = ok(httpx.post(f"{url}/api/ibkr/connect", json={}))
     assert data["connected"] and data["port"] == gateway.port and data["clientId"] == 7
 
 
@@ -321,11 +345,11 @@ def test_account_positions_and_orders(connected, gateway):
     listed = {o["orderId"]: o for o in ok(connected.get("/api/ibkr/orders"))}
     assert listed[placed["orderId"]]["clientId"] == 1 and listed[placed["orderId"]]["account"] == "DU1234567"
 
-    cancelled = ok(connected.delete(f"/api/ibkr/order/{placed['orderId']}"))
+    cancelled = ok(connected.delete(f"/api/ibkr/order/{placed['orderId']}", headers=JSON))
     assert cancelled["status"] == "Cancelled"
     assert placed["orderId"] not in {o["orderId"] for o in ok(connected.get("/api/ibkr/orders"))}
-    refused(connected.delete(f"/api/ibkr/order/{placed['orderId']}"), 404, "id")
-    refused(connected.delete("/api/ibkr/order/12x"), 400, "id")
+    refused(connected.delete(f"/api/ibkr/order/{placed['orderId']}", headers=JSON), 404, "id")
+    refused(connected.delete("/api/ibkr/order/12x", headers=JSON), 400, "id")
 
 
 def test_invalid_orders_send_nothing(connected, gateway, store):
@@ -487,6 +511,150 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
     done = subprocess.run([sys.executable, "-m", "qdibkr", "serve", "--host", "0.0.0.0", "--port", "0"],
                           capture_output=True, text=True, env=server_env(tmp_path), timeout=60)
     assert done.returncode == 2 and "set an API token first" in done.stderr and "listening" not in done.stdout
+
+
+# ---------------------------------------------------------------- web pages: content type, origin, CORS
+# A web page of any origin may send a "simple" request (a POST as text/plain, form data or no body) without
+# the browser asking the server first; each of these must be refused before it reaches an endpoint.
+SIMPLE_CONTENT_TYPES = ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+                        "multipart/form-data; boundary=x", None)
+PAGE = "http://localhost:8888"  # a notebook's page, say
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+
+
+def test_a_simple_post_cannot_disconnect(connected, gateway):
+    for content_type in SIMPLE_CONTENT_TYPES:
+        headers = {"Content-Type": content_type} if content_type else {}
+        body = refused(connected.post("/api/ibkr/disconnect", content="{}", headers=headers), 415, "Content-Type")
+        assert "Content-Type: application/json" in body["error"] and "{} as the body" in body["error"]
+        assert ok(connected.get("/api/ibkr/status"))["connected"] is True
+    refused(connected.post("/api/ibkr/disconnect", headers={"Content-Type": "text/plain"}), 415)  # no body either
+    assert ok(connected.get("/api/ibkr/status"))["connected"] is True
+    assert set(gateway.sessions) == {1}
+    # the same request as JSON disconnects; an empty body is as {}
+    assert ok(connected.post("/api/ibkr/disconnect", headers={"Content-Type": "application/json; charset=utf-8"}))[
+        "connected"] is False
+
+
+def test_an_empty_post_without_content_type_does_not_connect(tmp_path, gateway):
+    """The server's TWS is the gateway: an accepted empty POST to /connect would connect to it."""
+    with serving(tmp_path, "serve", "--port", "0", "--tws-port", str(gateway.port)) as url, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        refused(client.post("/api/ibkr/connect"), 415, "Content-Type")
+        refused(client.post("/api/ibkr/connect", content="", headers={"Content-Type": "text/plain"}), 415)
+        assert ok(client.get("/api/ibkr/status"))["connected"] is False and gateway.sessions == {}
+        data = ok(client.post("/api/ibkr/connect", headers=JSON))  # an empty JSON body: as {}
+        assert data["connected"] and data["port"] == gateway.port
+
+
+def test_delete_needs_json_content_type(connected, gateway):
+    limit = round(bid(connected, "AAPL") * 0.95, 2)  # below the market: it rests
+    placed = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 1,
+                                                       "orderType": "limit", "price": limit}))
+    path = f"/api/ibkr/order/{placed['orderId']}"
+    refused(connected.delete(path), 415, "Content-Type")
+    refused(connected.request("DELETE", path, content="{}", headers={"Content-Type": "text/plain"}), 415)
+    refused(connected.request("DELETE", path, json={"now": True}), 400, "now")  # its body takes no fields
+    assert placed["orderId"] in {o["orderId"] for o in ok(connected.get("/api/ibkr/orders"))}
+    assert ok(connected.request("DELETE", path, json={}))["status"] == "Cancelled"
+
+
+def test_a_page_of_another_origin_changes_nothing(connected, gateway, store):
+    own = str(connected.base_url).rstrip("/")  # http://127.0.0.1:<port>
+    port = own.rsplit(":", 1)[1]
+    order = {"symbol": "AAPL", "side": "buy", "quantity": 1}
+    signal = {"signalType": "open_long", "symbol": "AAPL", "quantity": 1, "strategy": "page"}
+    before = order_count(gateway)
+    for origin in ("http://evil.example", "null", PAGE, f"https://127.0.0.1:{port}", f"http://localhost:{port}",
+                   f"http://127.0.0.1:{port}.evil.example"):
+        headers = {"Origin": origin}
+        body = refused(connected.post("/api/ibkr/order", json=order, headers=headers), 403, "Origin")
+        assert "cors_origins" in body["error"]
+        refused(connected.post("/api/ibkr/signal", json=signal, headers=headers), 403, "Origin")
+        refused(connected.post("/api/ibkr/disconnect", json={}, headers=headers), 403, "Origin")
+        refused(connected.get("/api/ibkr/positions", headers=headers), 403, "Origin")  # nor read anything
+        response = connected.options("/api/ibkr/order", headers={**headers, **PREFLIGHT})
+        refused(response, 403, "Origin")
+        assert "access-control-allow-origin" not in response.headers
+    assert order_count(gateway) == before and store.signals() == []
+    assert ok(connected.get("/api/ibkr/status"))["connected"] is True
+
+    # the page the server itself serves from is its own origin, whichever loopback name it was asked by
+    ok(connected.post("/api/ibkr/order", json=order, headers={"Origin": own}))
+    ok(connected.post("/api/ibkr/order", json=order, headers={"Origin": f"http://localhost:{port}",
+                                                              "Host": f"localhost:{port}"}))
+    assert order_count(gateway) == before + 2
+
+
+def test_cors_origins_from_the_config_file(tmp_path, gateway):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[api]\ncors_origins = ["{PAGE}"]\n')
+    env = server_env(tmp_path, QDIBKR_CONFIG=str(config))
+    with serving(tmp_path, "serve", "--port", "0", env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+        preflight = client.options("/api/ibkr/connect", headers={"Origin": PAGE, **PREFLIGHT})
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == PAGE
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
+        answer = client.post("/api/ibkr/connect", json={"port": gateway.port}, headers={"Origin": PAGE})
+        assert ok(answer)["connected"] and answer.headers["access-control-allow-origin"] == PAGE
+        # the page must send JSON too, and can read why not
+        answer = client.post("/api/ibkr/disconnect", content="{}",
+                             headers={"Origin": PAGE, "Content-Type": "text/plain"})
+        refused(answer, 415)
+        assert answer.headers["access-control-allow-origin"] == PAGE
+
+        for other in ("http://evil.example", "http://localhost:8889"):
+            refused(client.options("/api/ibkr/disconnect", headers={"Origin": other, **PREFLIGHT}), 403, "Origin")
+            answer = client.post("/api/ibkr/disconnect", json={}, headers={"Origin": other})
+            refused(answer, 403, "Origin")
+            assert "access-control-allow-origin" not in answer.headers
+        assert ok(client.get("/api/ibkr/status"))["connected"] is True
+
+
+def test_cors_with_a_token(tmp_path):
+    """A browser's preflight carries no token: it is answered; the request itself still needs the token."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[api]\ntoken = "{TOKEN}"\ncors_origins = ["{PAGE}/"]\n')  # a trailing slash is forgiven
+    env = server_env(tmp_path, QDIBKR_CONFIG=str(config))
+    with serving(tmp_path, "serve", "--port", "0", env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+        preflight = client.options("/api/ibkr/status", headers={"Origin": PAGE, "Access-Control-Request-Method": "GET",
+                                                                "Access-Control-Request-Headers": "authorization"})
+        assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == PAGE
+        answer = client.get("/api/ibkr/status", headers={"Origin": PAGE})
+        refused(answer, 401)
+        assert answer.headers["access-control-allow-origin"] == PAGE
+        ok(client.get("/api/ibkr/status", headers={"Origin": PAGE, "Authorization": f"Bearer {TOKEN}"}))
+        refused(client.get("/api/ibkr/status", headers={"Origin": "http://evil.example",
+                                                        "Authorization": f"Bearer {TOKEN}"}), 403, "Origin")
+
+
+def test_cors_origins_passed_to_create_app(tmp_path):
+    async def ask(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5000") as client:
+            preflight = await client.options("/api/ibkr/status", headers={"Origin": PAGE,
+                                                                          "Access-Control-Request-Method": "GET"})
+            assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == PAGE
+            assert ok(await client.get("/api/ibkr/status", headers={"Origin": PAGE}))["connected"] is False
+            refused(await client.get("/api/ibkr/status", headers={"Origin": "http://evil.example"}), 403, "Origin")
+
+    store = Store(tmp_path / "queue.sqlite")
+    try:
+        asyncio.run(ask(create_app(Settings(), store, cors_origins=["HTTP://LocalHost:8888"])))
+        for bad in ("*", ["*"], ["localhost:8888"], ["http://localhost:8888/notebooks"], [8888]):
+            with pytest.raises(InputError, match="cors_origins"):
+                create_app(Settings(), store, cors_origins=bad)
+    finally:
+        store.close()
+
+
+def test_refuses_to_start_with_a_bad_cors_origin(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[api]\ncors_origins = ["*"]\n')
+    done = subprocess.run([sys.executable, "-m", "qdibkr", "serve", "--port", "0"], capture_output=True, text=True,
+                          env=server_env(tmp_path, QDIBKR_CONFIG=str(config)), timeout=60)
+    assert done.returncode == 2 and "cors_origins" in done.stderr and "listening" not in done.stdout
 
 
 # ---------------------------------------------------------------- the OpenAPI document
