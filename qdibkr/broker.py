@@ -345,6 +345,11 @@ class Broker:
     def disconnect(self):
         self.ib.disconnect()
 
+    async def settle_async(self):
+        """A round trip to TWS: what it sent before answering (positions after a fill, say) is processed
+        when this returns."""
+        await self._request("currentTime", self.ib.reqCurrentTimeAsync)
+
     def is_connected(self) -> bool:
         return self.ib.isConnected()
 
@@ -476,9 +481,7 @@ class Broker:
             await until(self.ib, trade.isDone, MARKET_FILL_WAIT)
             result = self._result(trade)
         if trade.fills:
-            # A round trip to TWS: the position and portfolio updates it sent with the
-            # fill are processed when this returns, so positions() read next agree.
-            await self._request("currentTime", self.ib.reqCurrentTimeAsync)
+            await self.settle_async()  # the position updates sent with the fill: positions() read next agree
         return result
 
     def submit(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,

@@ -90,6 +90,11 @@ class Gate:
             notional = quantity * price * rate
         held = int(self.broker.held(contract))
         at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age)
+        if side == Side.SELL and quantity > held - sum(n for _, s, n in at_tws if s == Side.SELL):
+            # TWS reports a fill's new position in a message of its own, which may still be on its way
+            # (a close sent the moment its open filled): one round trip, then measure again before refusing.
+            await self.broker.settle_async()
+            held = int(self.broker.held(contract))
         known_refs = {ref for ref, _, _ in at_tws if ref}
         day = trading_day(sym.market, self.clock())
         order_id = 0 if dry_run else signal.order_id if signal and signal.order_id else self.broker.next_order_id()

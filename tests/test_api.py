@@ -289,7 +289,7 @@ def test_a_slow_tws_does_not_hold_up_other_requests(client):
 
 
 def test_one_connection_serves_concurrent_requests(connected, gateway):
-    session = gateway.sessions[1]
+    session = gateway.sessions[2]
     paths = ["/api/ibkr/positions", "/api/ibkr/quote?symbol=AAPL", "/api/ibkr/quote?symbol=0700.HK",
              "/api/ibkr/account", "/api/ibkr/orders", "/api/ibkr/status"] * 10
 
@@ -299,7 +299,7 @@ def test_one_connection_serves_concurrent_requests(connected, gateway):
 
     for response in asyncio.run(ask_all()):
         ok(response)
-    assert gateway.sessions == {1: session}  # the same connection, never another
+    assert gateway.sessions == {2: session}  # the same connection (the API's client id 2), never another
 
 
 def test_a_wait_cut_short_by_disconnecting_is_not_inherited(gateway):
@@ -343,7 +343,7 @@ def test_account_positions_and_orders(connected, gateway):
                                                        "orderType": "limit", "price": limit, "tif": "GTC"}))
     assert placed["status"] == "Submitted" and placed["limitPrice"] == limit and placed["tif"] == "GTC"
     listed = {o["orderId"]: o for o in ok(connected.get("/api/ibkr/orders"))}
-    assert listed[placed["orderId"]]["clientId"] == 1 and listed[placed["orderId"]]["account"] == "DU1234567"
+    assert listed[placed["orderId"]]["clientId"] == 2 and listed[placed["orderId"]]["account"] == "DU1234567"
 
     cancelled = ok(connected.delete(f"/api/ibkr/order/{placed['orderId']}", headers=JSON))
     assert cancelled["status"] == "Cancelled"
@@ -530,7 +530,7 @@ def test_a_simple_post_cannot_disconnect(connected, gateway):
         assert ok(connected.get("/api/ibkr/status"))["connected"] is True
     refused(connected.post("/api/ibkr/disconnect", headers={"Content-Type": "text/plain"}), 415)  # no body either
     assert ok(connected.get("/api/ibkr/status"))["connected"] is True
-    assert set(gateway.sessions) == {1}
+    assert set(gateway.sessions) == {2}
     # the same request as JSON disconnects; an empty body is as {}
     assert ok(connected.post("/api/ibkr/disconnect", headers={"Content-Type": "application/json; charset=utf-8"}))[
         "connected"] is False

@@ -92,7 +92,7 @@ def test_errors_are_plain_and_set_the_exit_code(cli, capsys):
     code, _, err = cli("order", "buy", "700", "150")
     assert code == 2 and "board_lot: 0700.HK trades in board lots of 100 shares" in err
     code, _, err = cli("order", "sell", "AAPL", "1")
-    assert code == 2 and "quantity: selling 1 AAPL would sell short" in err
+    assert code == 2 and "quantity: order refused: short_sale: selling 1 AAPL would sell short" in err
     code, _, err = cli("quote", "NOPE")
     assert code == 1 and "no security definition" in err and "0700.HK, 00700 or 700" in err
     code, _, err = run(capsys, "status", "--preset", "gateway-live")

@@ -40,7 +40,7 @@ def test_unreadable_symbols_name_the_formats(text):
 
 def test_settings_defaults_are_tws_paper():
     s = load_settings()
-    assert (s.host, s.port, s.client_id, s.account, s.live) == ("127.0.0.1", 7497, 1, "", False)
+    assert (s.host, s.port, s.client_id, s.account, s.live) == ("127.0.0.1", 7497, 4, "", False)
 
 
 def test_settings_precedence(monkeypatch, tmp_path):
