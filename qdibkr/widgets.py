@@ -15,9 +15,13 @@ They never block the notebook, and keep updating while the kernel is idle:
 - a button schedules the session's async IBKR call as a task on the kernel's
   running event loop (ipykernel runs one) and returns at once; the task writes
   its answer, or the error in plain words, into the widget;
-- the positions view follows ib_insync's events (portfolio updates, account
-  values) and the order ticket its order's status events, as TWS sends them:
-  nothing is re-requested in a loop;
+- the positions view follows what TWS sends (the session's ``updated`` events:
+  it re-renders when the portfolio it keeps changes) and the order ticket its
+  order's status events (``order_updated``): nothing is re-requested in a loop;
+- an order from the ticket passes the session's gate (``gate.Gate``), as every
+  order from every face does: the kill switch, the risk limits, the short-sale
+  rule and board lots. Check shows what the gate would refuse (its preview);
+  Send to TWS asks the gate again, at the moment the order goes;
 - the queue (SQLite, written by the runner in another process) is watched
   through SQLite's data_version, which changes only when another connection
   commits: a cheap look twice a second, re-rendering only on a change.
@@ -32,12 +36,14 @@ import re
 import ipywidgets as widgets
 
 from . import hours
-from .config import PRESETS, config_file, load_settings
+from .broker import OrderResult, TWSMessage
+from .config import PRESETS, load_settings
 from .display import cell
 from .errors import InputError, QdibkrError
+from .gate import Refused
 from .ibkr import IBKR
 from .live import projected
-from .risk import breaches, load_risk, start_of_day
+from .model import Side
 from .signals import default_store, emit, wake_runner
 from .store import Store
 from .symbols import parse_symbol
@@ -45,6 +51,7 @@ from .symbols import parse_symbol
 log = logging.getLogger("qdibkr.widgets")
 
 QUEUE_LOOK = 0.5  # seconds between looks at the queue's data_version
+TOTALS_EVERY = 1.0  # seconds: the account totals are refreshed at most this often while TWS sends updates
 PORTS = [("TWS paper 7497", PRESETS["tws-paper"]), ("TWS live 7496", PRESETS["tws-live"]),
          ("IB Gateway paper 4002", PRESETS["gateway-paper"]), ("IB Gateway live 4001", PRESETS["gateway-live"]),
          ("other port", 0)]
@@ -103,17 +110,22 @@ def money(value) -> float | None:
 
 
 class Session:
-    """What the widgets share: one IBKR connection, the queue, and who to tell when either changes."""
+    """What the widgets share: one IBKR connection, the queue, and who to tell when either changes.
+
+    The connection is the widgets' face (``face="widgets"``: client id 3 unless configured otherwise)
+    and its gate uses this session's queue (``store``, default: the configured one) for the kill switch
+    and the journal of orders sent. ``settings`` (host, port, client_id, account, live) override the
+    configured connection; an ``ibkr`` given is used as it is."""
 
     def __init__(self, ibkr: IBKR | None = None, store: Store | None = None, **settings):
-        self.ibkr = ibkr or IBKR(**settings)
         self.store = store or default_store()
+        self.ibkr = ibkr or IBKR(face="widgets", store=self.store, **settings)
         self.tasks: set[asyncio.Task] = set()
         self._connection_listeners = []
         self._queue_listeners = []
         self._soon: set = set()
         self._watcher = None
-        self.ibkr.ib.disconnectedEvent += self.connection_changed
+        self.ibkr.disconnected += self.connection_changed
 
     # ------------------------------------------------------------ running without blocking
     def spawn(self, coro):
@@ -224,7 +236,7 @@ class ConnectionForm(widgets.VBox):
                           names="value")
         self.connect_button.on_click(lambda _: session.spawn(self.connect_async()))
         self.disconnect_button.on_click(lambda _: self.disconnect())
-        session.ibkr.ib.errorEvent += self._on_error
+        session.ibkr.message += self._on_message
         session.on_connection(self.show_status)
         self.children = [
             widgets.HBox([self.host, self.preset, self.port]),
@@ -240,7 +252,7 @@ class ConnectionForm(widgets.VBox):
         try:
             settings = load_settings(host=self.host.value.strip() or None, port=self.port.value,
                                      client_id=self.client_id.value, account=self.account.value.strip() or None,
-                                     live=self.live.value)
+                                     live=self.live.value, face="widgets")
             ibkr.disconnect()
             ibkr.settings = settings
             self._attempt = f"connecting to {settings.host}:{settings.port} ..."
@@ -262,7 +274,7 @@ class ConnectionForm(widgets.VBox):
     def show_status(self):
         ibkr = self.session.ibkr
         s = ibkr.settings
-        if ibkr.ib.isConnected() and ibkr.account:
+        if ibkr.is_connected() and ibkr.account:
             mode = "paper" if ibkr.account.startswith("DU") else "LIVE"
             where = "the simulated gateway" if ibkr.data_source != "ib" else "TWS"
             self.status.value = line(f"connected: account {ibkr.account} ({mode}) at {s.host}:{s.port} "
@@ -271,19 +283,20 @@ class ConnectionForm(widgets.VBox):
             self.status.value = line(self._attempt or "not connected",
                                      "error" if self._attempt.startswith("not connected") else "")
 
-    def _on_error(self, req_id, code, text, contract):
+    def _on_message(self, message: TWSMessage):
         """TWS's latest five distinct messages, errors in red, notices in grey."""
-        if code in INFO_CODES:
+        if message.code in INFO_CODES:
             return
-        message = line(plain(code, text), "note" if code in NOTICE_CODES else "error")
+        message = line(plain(message.code, message.text), "note" if message.code in NOTICE_CODES else "error")
         self._messages = [m for m in self._messages if m != message][-4:] + [message]
         self.messages.value = "<br>".join(self._messages)
 
 
 # ------------------------------------------------------------------ order ticket
 class OrderTicket(widgets.VBox):
-    """An order, checked before it goes (quote, notional, board lot, risk limits), sent to TWS at
-    once or queued as a signal for the runner; its status then follows TWS's (or the runner's)."""
+    """An order, checked before it goes (quote, notional, and what the gate would refuse: the kill
+    switch, risk limits, short sales, board lots), sent to TWS at once through the gate or queued as
+    a signal for the runner; its status then follows TWS's (or the runner's)."""
 
     def __init__(self, session: Session, symbol: str = "AAPL", quantity: int = 1):
         super().__init__()
@@ -309,7 +322,7 @@ class OrderTicket(widgets.VBox):
                                 names="value")
         self.check_button.on_click(lambda _: session.spawn(self.check_async()))
         self.send_button.on_click(lambda _: session.spawn(self.send_async()))
-        session.ibkr.ib.orderStatusEvent += self._on_order_status
+        session.ibkr.order_updated += self._on_order_status
         session.on_queue(self._show_signal)
         self.children = [
             widgets.HBox([self.symbol, self.market]),
@@ -328,30 +341,35 @@ class OrderTicket(widgets.VBox):
     def limit_price(self) -> float | None:
         return self.limit.value if self.order_type.value == "limit" else None
 
+    @property
+    def strategy_name(self) -> str | None:
+        """The strategy a signal is for; None for an order to TWS now (judged in the global scope only)."""
+        return self.strategy.value.strip() if self.route.value == "signal" else None
+
     async def check_async(self) -> list[str]:
-        """Show the quote, the notional and every problem found; return the problems."""
+        """Show the quote, the notional and every problem found (the input's, and each rule the gate
+        would refuse the order for, as "rule: message"); return the problems."""
         ibkr, store = self.session.ibkr, self.session.store
-        try:
-            sym, _, lot = await ibkr.contract_async(self.symbol.value, self.market.value or None)
-            [quote] = await ibkr.quotes_async(sym.display)
-        except QdibkrError as e:
-            self.preview.value = line(str(e), "error")
-            raise
-        quantity, limit = self.quantity.value, self.limit_price
-        price = limit or (quote.ask if self.action == "BUY" else quote.bid) or quote.last or quote.close
-        notional = quantity * price if price else None
+        quantity, limit, strategy = self.quantity.value, self.limit_price, self.strategy_name
         problems = []
         if quantity <= 0:
             problems.append("quantity: give a positive whole number of shares")
-        elif quantity % lot:
-            problems.append(f"{sym} trades in board lots of {lot:g} shares; {quantity} is not a multiple "
-                            f"(try {max(lot, quantity - quantity % lot):g})")
         if limit is not None and limit <= 0:
             problems.append("limit price: give a positive price, or choose a market order")
-        held = self._held(sym.display)
-        if self.action == "SELL" and quantity > held:
-            problems.append(f"selling {quantity} {sym} but {self._holder()} holds {held}; no short selling")
-        problems += self._risk_problems(sym.display, quantity, notional, sym.currency, held)
+        if strategy == "":
+            problems.append("strategy: name the strategy the signal is for")
+        try:
+            sym, _, lot = await ibkr.contract_async(self.symbol.value, self.market.value or None)
+            [quote] = await ibkr.quotes_async(sym.display)
+            if not problems:  # the gate judges a well-formed order only
+                breaches = await ibkr.gate.preview(sym.display, Side(self.action), quantity, limit,
+                                                   strategy=strategy, market_type=sym.market)
+                problems += [str(b) for b in breaches]
+        except QdibkrError as e:
+            self.preview.value = line(str(e), "error")
+            raise
+        price = limit or (quote.ask if self.action == "BUY" else quote.bid) or quote.last or quote.close
+        notional = quantity * price if price else None
         notes = []
         if self.route.value == "signal" and not hours.is_open(sym.market, dt.datetime.now(dt.timezone.utc)):
             notes.append("the market is closed now: the runner holds the signal until it opens, unless "
@@ -368,36 +386,10 @@ class OrderTicket(widgets.VBox):
             "<br>" + line("no problem found", "ok") if not problems else "")
         return problems
 
-    def _holder(self) -> str:
-        return "the account" if self.route.value == "direct" else f"strategy {self.strategy.value!r}"
-
-    def _held(self, symbol: str) -> int:
-        """Shares held: the account's for an order to TWS, the strategy's (signals on the way
-        included) for a signal."""
-        if self.route.value == "signal":
-            return projected(self.session.store, self.strategy.value.strip(), symbol)
-        positions = self.session.ibkr.positions()
-        return int(positions.loc[positions["symbol"] == symbol, "quantity"].sum())
-
-    def _risk_problems(self, symbol: str, quantity: int, notional, currency: str, held: int) -> list[str]:
-        """The config file's risk limits (``[risk]``), as the runner applies them: global ones, and
-        for a signal its strategy's."""
-        ibkr, store = self.session.ibkr, self.session.store
-        risk = load_risk(config_file())
-        base = None
-        if notional is not None:
-            try:
-                base = notional * (1.0 if currency == "USD" else ibkr.rate_to_base(currency))
-            except QdibkrError:
-                base = None  # no exchange rate reported: notional limits cannot be judged
-        strategy = self.strategy.value.strip() if self.route.value == "signal" else None
-        since = start_of_day()
-        reasons = breaches(risk, strategy, symbol, self.action, quantity, base, position=lambda within: held,
-                           orders_today=lambda within: store.orders_today(within, since))
-        return [f"risk limit: {reason}" for reason in reasons]
-
     async def send_async(self):
-        """Check, then send to TWS or queue for the runner; nothing is sent while a problem remains."""
+        """Check, then send to TWS or queue for the runner; nothing is sent while a problem remains.
+        An order to TWS passes the gate again as it goes: its refusal (``gate.Refused``, say when trading
+        was halted meanwhile) is shown like any other error, and nothing is sent."""
         self.status.value = line("checking ...")
         try:
             problems = await self.check_async()
@@ -411,6 +403,9 @@ class OrderTicket(widgets.VBox):
             if self.route.value == "direct":
                 return await self._send_direct()
             return self._queue_signal()
+        except Refused as e:  # its rules name themselves: "order refused: halted: trading is halted (...)"
+            self.status.value = line(f"not sent: {e.message}", "error")
+            raise
         except QdibkrError as e:
             self.status.value = line(f"not sent: {e}", "error")
             raise
@@ -426,7 +421,7 @@ class OrderTicket(widgets.VBox):
         return result
 
     def _queue_signal(self):
-        store, strategy = self.session.store, self.strategy.value.strip()
+        store, strategy = self.session.store, self.strategy_name
         symbol, quantity = self.symbol.value, self.quantity.value
         if self.action == "BUY":
             signal_type = "open_long" if projected(store, strategy, self._display(symbol)) == 0 else "add_long"
@@ -449,10 +444,9 @@ class OrderTicket(widgets.VBox):
         self.status.value = line(f"order {order_id}: {status}, {filled:g} of {quantity:g} filled{price}",
                                  "ok" if done else "error" if status in ("Cancelled", "Inactive") else "")
 
-    def _on_order_status(self, trade):
-        if self._order_id is not None and trade.order.orderId == self._order_id:
-            st = trade.orderStatus
-            self._show_order(self._order_id, st.status, st.filled, trade.order.totalQuantity, st.avgFillPrice)
+    def _on_order_status(self, result: OrderResult):
+        if self._order_id is not None and result.order_id == self._order_id:
+            self._show_order(result.order_id, result.status, result.filled, result.quantity, result.avg_fill_price)
 
     def _show_signal(self):
         if self._signal_id is None:
@@ -467,8 +461,8 @@ class OrderTicket(widgets.VBox):
 
 # ------------------------------------------------------------------ positions
 class PositionsView(widgets.VBox):
-    """Account totals, the account's positions (updated by TWS's portfolio events) and the
-    strategies' positions from the queue's fills."""
+    """Account totals, the account's positions (as TWS keeps them current: re-rendered when they
+    change) and the strategies' positions from the queue's fills."""
 
     def __init__(self, session: Session):
         super().__init__()
@@ -476,9 +470,10 @@ class PositionsView(widgets.VBox):
         self.totals = widgets.HTML()
         self.table = widgets.HTML()
         self.strategies = widgets.HTML()
-        ib = session.ibkr.ib
-        ib.updatePortfolioEvent += lambda item: session.soon(self.show_positions)
-        ib.accountValueEvent += lambda value: session.soon(self.show_totals)
+        self._rows: list[dict] | None = None  # the portfolio as last shown
+        self._totals_at = -TOTALS_EVERY  # the event loop's time of the last totals refresh
+        self._totals_timer = None  # (loop, handle) of the totals refresh scheduled, if any
+        session.ibkr.updated += lambda *_: session.soon(self._follow)
         session.on_connection(self.refresh)
         session.on_queue(self.show_strategies)
         self.children = [self.totals, self.table,
@@ -486,12 +481,36 @@ class PositionsView(widgets.VBox):
         self.refresh()
 
     def refresh(self):
+        self._rows = None
         self.show_totals()
         self.show_positions()
         self.show_strategies()
 
+    def _follow(self):
+        """After messages from TWS: the positions if the portfolio changed, and the totals (which TWS's
+        account values may have changed) at most once every ``TOTALS_EVERY`` seconds, the last change
+        included. Reading the portfolio is a look at the session's own state, not a request."""
+        if not self.session.ibkr.is_connected():
+            return
+        self.show_positions()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running: no burst of messages to spread either
+            self.show_totals()
+            return
+        if self._totals_timer and self._totals_timer[0] is loop:
+            return  # one is scheduled already (one scheduled on a loop that has since ended never runs)
+        self._totals_timer = loop, loop.call_later(max(0.0, self._totals_at + TOTALS_EVERY - loop.time()),
+                                                   self._refresh_totals)
+
+    def _refresh_totals(self):
+        self._totals_timer = None
+        self._totals_at = asyncio.get_running_loop().time()
+        if self.session.ibkr.is_connected():
+            self.show_totals()
+
     def show_totals(self):
-        if not self.session.ibkr.ib.isConnected():
+        if not self.session.ibkr.is_connected():
             self.totals.value = line("not connected")
             return
         self.session.spawn(self._totals_async())
@@ -504,15 +523,20 @@ class PositionsView(widgets.VBox):
                              f"{a.unrealized_pnl:,.2f} &middot; realised P&amp;L {a.realized_pnl:,.2f}")
 
     def show_positions(self):
-        if not self.session.ibkr.ib.isConnected():
+        """The account's positions, re-rendered only when they changed since last shown."""
+        if not self.session.ibkr.is_connected():
+            self._rows = None
             self.table.value = ""
             return
-        rows = [{"symbol": r["symbol"], "quantity": r["quantity"], "avg cost": money(r["avg_cost"]),
-                 "market price": money(r["market_price"]), "value": money(r["market_value"]),
-                 "unrealised P&L": money(r["unrealized_pnl"]), "realised P&L": money(r["realized_pnl"]),
-                 "currency": r["currency"]}
-                for r in self.session.ibkr.positions().to_dict("records")]
-        self.table.value = html_table(rows, "no positions")
+        rows = self.session.ibkr.position_rows()
+        if rows == self._rows:
+            return
+        self._rows = rows
+        self.table.value = html_table([
+            {"symbol": r["symbol"], "quantity": r["quantity"], "avg cost": money(r["avg_cost"]),
+             "market price": money(r["market_price"]), "value": money(r["market_value"]),
+             "unrealised P&L": money(r["unrealized_pnl"]), "realised P&L": money(r["realized_pnl"]),
+             "currency": r["currency"]} for r in rows], "no positions")
 
     def show_strategies(self):
         rows = [{"strategy": p.strategy, "symbol": p.symbol, "quantity": p.quantity, "avg cost": money(p.avg_cost),

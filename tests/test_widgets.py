@@ -10,17 +10,35 @@ import threading
 
 import pytest
 
+from qdibkr.gate import Refused
 from qdibkr.risk import RiskConfig
 from qdibkr.runner import Runner, runner_settings
+from qdibkr.sim import catalogue
 from qdibkr.store import Store
 from qdibkr.widgets import Session, dashboard
 
 TIMEOUT = 15.0
 
 
+ACCOUNT = "DU1234567"  # the simulated gateway's paper account
+
+
 @pytest.fixture
 def session(gateway, store):
     return Session(store=store, host="127.0.0.1", port=gateway.port, client_id=5)
+
+
+def held(gateway) -> dict[str, float]:
+    """What the simulated gateway's account holds, by IB symbol."""
+    return {catalogue.by_con_id(p.con_id).symbol: p.quantity
+            for p in gateway.broker.held_positions(ACCOUNT) if p.quantity}
+
+
+def nothing_sent(gateway, store):
+    """No order reached the gateway, the account holds nothing, and the gate journalled no order."""
+    assert gateway.broker.orders == {}
+    assert held(gateway) == {}
+    assert store.read(lambda db: db.execute("SELECT COUNT(*) FROM orders").fetchone()[0]) == 0
 
 
 async def changed_until(widget, condition, trait: str = "value", timeout: float = TIMEOUT):
@@ -68,7 +86,7 @@ def test_connection_form_connects_refuses_and_explains(session, gateway):
         assert form.port.value == 7496
         form.connect_button.click()
         await session.settle()
-        assert "trades real money" in form.status.value and not session.ibkr.ib.isConnected()
+        assert "trades real money" in form.status.value and not session.ibkr.is_connected()
 
         form.port.value = gateway.port
         assert form.preset.value == 0  # "other port"
@@ -89,7 +107,17 @@ def test_connection_form_connects_refuses_and_explains(session, gateway):
     run(session, scenario)
 
 
-def test_ticket_checks_sends_and_positions_follow_events(session):
+def test_session_is_the_widgets_face_with_the_sessions_queue(session, store, monkeypatch):
+    assert session.ibkr.face == "widgets" and session.ibkr.gate.store is store
+    assert session.ibkr.settings.client_id == 5  # given; else the widgets' own default
+    monkeypatch.setenv("QDIBKR_DB", str(store.path))
+    default = Session()
+    assert default.ibkr.settings.client_id == 3 and default.ibkr.gate.store is default.store
+    assert default.store.path.resolve() == store.path.resolve()  # the configured queue
+    assert dashboard(default).connection.client_id.value == 3
+
+
+def test_ticket_checks_sends_and_positions_follow_events(session, gateway, store):
     ui = dashboard(session)
     ticket, positions = ui.ticket, ui.positions
 
@@ -99,8 +127,10 @@ def test_ticket_checks_sends_and_positions_follow_events(session):
         ticket.symbol.value, ticket.quantity.value = "0700.HK", 150
         ticket.send_button.click()
         await session.settle()
-        assert "board lots of 100 shares; 150 is not a multiple (try 100)" in ticket.preview.value
-        assert ticket.status.value.count("not sent") == 1 and session.ibkr.ib.trades() == []
+        assert "board_lot: 0700.HK trades in board lots of 100 shares; 150 is not a multiple (try 100)" \
+            in ticket.preview.value
+        assert ticket.status.value.count("not sent") == 1
+        nothing_sent(gateway, store)
 
         ticket.quantity.value = 100
         ticket.check_button.click()
@@ -118,7 +148,11 @@ def test_ticket_checks_sends_and_positions_follow_events(session):
         ticket.side.value, ticket.quantity.value = "sell", 11  # more than the account holds
         ticket.check_button.click()
         await session.settle()
-        assert "selling 11 AAPL but the account holds 10" in ticket.preview.value
+        assert "short_sale: selling 11 AAPL would sell short: account holds 10" in ticket.preview.value
+        ticket.send_button.click()
+        await session.settle()
+        assert "not sent: short_sale: selling 11 AAPL" in ticket.status.value
+        assert held(gateway) == {"AAPL": 10}
 
     run(session, scenario)
 
@@ -135,11 +169,13 @@ def test_ticket_shows_risk_limits_from_the_config_file(session, tmp_path, monkey
         ticket.quantity.value = 6
         ticket.check_button.click()
         await session.settle()
-        assert "risk limit: 6 shares exceed the global max_order_quantity of 5" in ticket.preview.value
+        assert "max_order_quantity: 6 shares exceed the global max_order_quantity of 5" in ticket.preview.value
         ticket.quantity.value, ticket.route.value, ticket.strategy.value = 1, "signal", "tiny"
         ticket.send_button.click()
         await session.settle()
+        assert "max_order_notional: a notional of" in ticket.preview.value
         assert "exceeds the strategy 'tiny' max_order_notional of 100.00" in ticket.preview.value
+        assert "not sent: max_order_notional" in ticket.status.value
         assert session.store.signals() == []
 
     run(session, scenario)
@@ -181,5 +217,70 @@ def test_signals_from_the_ticket_queue_cancel_and_fill(session, gateway, store):
         assert statuses == ["cancelled", "filled"]
         await changed_until(queue.grid, lambda: "filled" in [getattr(c, "value", "") for c in queue.grid.children],
                             "children")
+
+    run(session, scenario)
+
+
+def test_ticket_direct_order_refused_while_halted(session, gateway, store):
+    ui = dashboard(session)
+    ticket = ui.ticket
+
+    async def scenario():
+        await ui.connection.connect_async()
+        store.halt("test")
+        ticket.symbol.value, ticket.quantity.value = "AAPL", 10
+        ticket.send_button.click()
+        await session.settle()
+        assert "halted: trading is halted (test)" in ticket.preview.value
+        assert "not sent: halted: trading is halted (test)" in ticket.status.value
+        nothing_sent(gateway, store)
+
+        # Halted between the ticket's check and the send (by the CLI, say): the gate refuses as it goes.
+        async def nothing_found(*args, **kwargs):
+            return []
+
+        preview, session.ibkr.gate.preview = session.ibkr.gate.preview, nothing_found
+        with pytest.raises(Refused) as refused:
+            await ticket.send_async()
+        assert refused.value.rule == "halted"
+        assert "not sent: order refused: halted: trading is halted (test)" in ticket.status.value
+        nothing_sent(gateway, store)
+
+        session.ibkr.gate.preview = preview
+        store.resume()
+        ticket.send_button.click()
+        await session.settle()
+        assert "Filled, 10 of 10 filled" in ticket.status.value
+        assert held(gateway) == {"AAPL": 10}
+
+    run(session, scenario)
+
+
+def test_ticket_direct_order_over_max_order_quantity_is_refused(session, gateway, store, tmp_path, monkeypatch):
+    config = tmp_path / "config.toml"
+    config.write_text("[risk]\nmax_order_quantity = 5\n")
+    monkeypatch.setenv("QDIBKR_CONFIG", str(config))
+    ui = dashboard(session)
+    ticket = ui.ticket
+
+    async def scenario():
+        await ui.connection.connect_async()
+        ticket.symbol.value, ticket.quantity.value = "AAPL", 6
+        ticket.send_button.click()
+        await session.settle()
+        breach = "max_order_quantity: 6 shares exceed the global max_order_quantity of 5"
+        assert breach in ticket.preview.value and f"not sent: {breach}" in ticket.status.value
+        nothing_sent(gateway, store)
+
+        # The gate judges the order again as it goes, whatever the ticket's check said.
+        async def nothing_found(*args, **kwargs):
+            return []
+
+        session.ibkr.gate.preview = nothing_found
+        with pytest.raises(Refused) as refused:
+            await ticket.send_async()
+        assert refused.value.rule == "max_order_quantity"
+        assert f"not sent: order refused: {breach}" in ticket.status.value
+        nothing_sent(gateway, store)
 
     run(session, scenario)
