@@ -283,34 +283,30 @@ def report_run(run):
     print(f"{run.signals} signal(s) released to the runner")
 
 
-def check_parameters(notebook: str, parameters: dict):
-    """Refuse a parameter the notebook's ``parameters`` cell does not define: papermill would only log
-    it, and the run would go on with the default (``-p modee live`` would run in research mode)."""
-    import papermill
-
-    known = papermill.inspect_notebook(notebook)
-    unknown = sorted(set(parameters) - set(known))
-    if known and unknown:  # a notebook without a parameters cell takes whatever it is given
-        raise InputError("parameter", f"{notebook} has no parameter {', '.join(unknown)}; "
-                                      f"its parameters are {', '.join(known)}")
-
-
 def cmd_run(args):
     from pathlib import Path
 
-    from .runs import run_notebook
+    from .runs import Stopped, check_parameters, run_notebook, run_until_stopped, stop_on_signals
 
     parameters = {name: parameter_value(value) for name, value in args.parameters or []}
     if Path(args.notebook).is_file():
-        check_parameters(args.notebook, parameters)
-    report_run(run_notebook(args.notebook, parameters, store=queue_store(args), output_dir=args.runs,
-                            timeout=args.timeout))
+        check_parameters(args.notebook, parameters)  # the check a schedule file's parameters get too
+    try:
+        with stop_on_signals():  # SIGINT, SIGTERM: the run is recorded failed, its signals cancelled
+            run = run_until_stopped(run_notebook, args.notebook, parameters, store=queue_store(args),
+                                    output_dir=args.runs, timeout=args.timeout)
+    except Stopped as stopped:
+        print(f"qdibkr: the run was {stopped}: recorded failed, none of its signals will trade", file=sys.stderr)
+        raise SystemExit(128 + stopped.signum) from None
+    report_run(run)
 
 
 def cmd_schedule(args):
+    from .runs import Stopped, run_until_stopped, stop_on_signals
     from .schedule import Scheduler, load_jobs
 
     store = queue_store(args)
+    store.fail_orphaned_runs()  # runs a killed scheduler left `running`: failed, their signals cancelled
     scheduler = Scheduler(load_jobs(args.dir), store, output_dir=args.runs)
     now = scheduler.clock()
     if args.action == "list":
@@ -326,21 +322,27 @@ def cmd_schedule(args):
     elif args.action == "run":
         if not args.job:
             raise InputError("job", f"name the job to run: qdibkr schedule run JOB ({', '.join(scheduler.jobs)})")
-        run = scheduler.run(scheduler.job(args.job), now)
+        job = scheduler.job(args.job)
+        try:
+            with stop_on_signals():
+                run = run_until_stopped(scheduler.run, job, now)
+        except Stopped as stopped:
+            print(f"qdibkr: the run was {stopped}: recorded failed, none of its signals will trade", file=sys.stderr)
+            raise SystemExit(128 + stopped.signum) from None
         if run is None:
             raise QdibkrError(f"job {args.job} has run for {now:%H:%M:%S} UTC already")
         report_run(run)
     else:
         logging.getLogger("qdibkr").setLevel(logging.INFO)
-        print(f"scheduler: {len(scheduler.jobs)} job(s) from {args.dir or 'schedules'}; Ctrl-C stops it",
-              file=sys.stderr)
-        try:
-            scheduler.serve()
-        except KeyboardInterrupt:
-            scheduler.stop()
-            print("stopping once the runs under way end (Ctrl-C again abandons them: their signals never trade)",
-                  file=sys.stderr)
-            scheduler.join()
+        print(f"scheduler: {len(scheduler.jobs)} job(s) from {args.dir or 'schedules'}; Ctrl-C or SIGTERM stops "
+              f"it, and any run under way (recorded failed, its signals cancelled)", file=sys.stderr)
+        with stop_on_signals():
+            try:
+                scheduler.serve()
+            except Stopped as stopped:
+                for run in scheduler.abort(str(stopped)):
+                    print(f"scheduler {stopped}: run {run.id[:8]} of job {run.job} recorded {run.status}, "
+                          f"none of its signals will trade", file=sys.stderr)
 
 
 def cmd_demo(args):
@@ -491,7 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebook")
     run.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("NAME", "VALUE"),
                      help="a notebook parameter; VALUE is JSON where it parses (10, true, [\"AAPL\"]), else text")
-    run.add_argument("--timeout", type=float, help="seconds each cell may take (default: no limit)")
+    from .runs import DEFAULT_TIMEOUT
+
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help=f"seconds the run may take before it is stopped and recorded failed (default "
+                          f"{DEFAULT_TIMEOUT:g}; 0: no limit)")
     schedule = command("schedule", cmd_schedule, "run the notebooks of schedules/ on trading days; `schedule "
                                                  "list` shows each job's next run, `schedule run JOB` runs one now",
                        output)

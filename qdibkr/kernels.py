@@ -21,6 +21,8 @@ import functools
 import json
 import os
 import queue
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -171,6 +173,28 @@ class Kernel:
                     return reply
         finally:
             client.stop_channels()
+
+    def kill(self, wait: float = 1.0):
+        """Kill the kernel at once, with whatever it started (its process group: jupyter_client
+        starts each kernel in a session of its own), from any thread and without its event loop:
+        for a run that must stop now (a timeout, SIGTERM). Waits up to ``wait`` seconds for it to
+        end; ``shutdown()`` still cleans up after it."""
+        provisioner = self.manager.provisioner
+        process = getattr(provisioner, "process", None)
+        if process is None or process.poll() is not None:
+            return
+        pgid = getattr(provisioner, "pgid", None)
+        try:
+            if pgid and pgid != os.getpgrp():  # never this process's own group
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                process.kill()
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            pass
 
     def shutdown(self):
         """Stop the kernel, close every client's channels and remove its connection file. It is

@@ -9,8 +9,9 @@ A schedule file (TOML, or YAML with the same settings; one job each, in ``schedu
     calendar = "XNYS"                        # run on this exchange's trading days only (XNYS, XHKG)
     missed = "skip"                          # a slot missed by more than `grace`: "skip" it, or "run" it once, late
     grace = "5m"                             # how late a slot still counts as on time (s, m or h)
+    timeout = "10m"                          # how long a run may take (default 600 s; 0: no limit)
 
-    [parameters]                             # papermill parameters
+    [parameters]                             # papermill parameters, checked against the notebook's
     mode = "live"
 
 Instead of ``cron``, ``at = "close-10m"`` (or ``"open"``, ``"open+30m"``,
@@ -24,11 +25,15 @@ the slot begins at the notebook's first line (see ``kernels``).
 ``Scheduler.tick(now)`` starts, each in its own thread, every job whose latest
 slot at ``now`` has not been handled (run or passed over). Only the latest slot
 counts: after any gap a job runs once, late (``missed = "run"``) or not at all
-(``"skip"``, recorded as a skipped run). One job never runs twice at once: a
-lock file per job, held for the run, also keeps out another scheduler or a
-``qdibkr schedule run`` in another process. Each run goes through
-``runs.run_notebook`` with the job and slot, so its signals reach the runner
-only if it succeeds, and a slot run again emits nothing twice.
+(``"skip"``, recorded as a skipped run). A job that has no run recorded yet has
+no missed slot: a scheduler never runs a slot from before it started for it.
+One job never runs twice at once: a lock file per job, held for the run, also
+keeps out another scheduler or a ``qdibkr schedule run`` in another process; a
+slot that comes while its job still runs is recorded skipped, saying so. Each
+run goes through ``runs.run_notebook`` with the job, slot and timeout, so its
+signals reach the runner only if it succeeds, a slot run again emits nothing
+twice, and a run that hangs is stopped. ``Scheduler.abort`` stops at once: the
+runs under way are recorded failed, their kernels killed.
 """
 
 import datetime as dt
@@ -38,9 +43,8 @@ import logging
 import os
 import re
 import threading
-import time
 import tomllib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +55,7 @@ import pandas as pd
 from .errors import InputError, QdibkrError
 from .hours import load_calendar, quiet
 from .kernels import Kernel
-from .runs import run_notebook, strategy_of
+from .runs import DEFAULT_TIMEOUT, check_parameters, run_notebook, stop_runs, strategy_of
 from .store import Run, Store
 
 log = logging.getLogger("qdibkr.schedule")
@@ -76,6 +80,13 @@ def _span(text: str, field_name: str) -> float:
     return int(match[1]) * _SECONDS[match[2]]
 
 
+def _seconds(value, field_name: str) -> float:
+    """A span ('90s', '5m', '1h') or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return _span(value, field_name)
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -87,6 +98,7 @@ class Job:
     at: str | None = None  # "open", "close-10m", ...: relative to the calendar's sessions
     missed: str = "skip"
     grace: float = 300.0  # seconds
+    timeout: float = DEFAULT_TIMEOUT  # seconds a run may take (0: no limit)
     source: Path | None = None
 
     @property
@@ -173,7 +185,7 @@ def load_job(path: Path) -> Job:
     def problem(field_name: str, text: str):
         raise InputError(field_name, f"{path}: {text}")
 
-    known = {"name", "notebook", "parameters", "cron", "at", "timezone", "calendar", "missed", "grace"}
+    known = {"name", "notebook", "parameters", "cron", "at", "timezone", "calendar", "missed", "grace", "timeout"}
     if set(spec) - known:
         problem("schedule", f"unknown setting(s) {', '.join(sorted(set(spec) - known))}; "
                             f"known: {', '.join(sorted(known))}")
@@ -211,9 +223,14 @@ def load_job(path: Path) -> Job:
     parameters = spec.get("parameters", {})
     if not isinstance(parameters, dict):
         problem("parameters", "write the parameters as a [parameters] table")
+    try:  # a misspelt parameter would run the notebook with its default: refused, as by `qdibkr run`
+        check_parameters(notebook, parameters)
+    except InputError as e:
+        problem(e.field, e.message)
     return Job(name=spec.get("name") or path.stem, notebook=notebook, parameters=parameters, timezone=timezone,
                calendar=calendar, cron=spec.get("cron"), at=spec.get("at"), missed=missed,
-               grace=_span(spec.get("grace", "5m"), "grace"), source=path)
+               grace=_span(spec.get("grace", "5m"), "grace"),
+               timeout=_seconds(spec.get("timeout", DEFAULT_TIMEOUT), "timeout"), source=path)
 
 
 def schedules_dir() -> Path:
@@ -251,56 +268,95 @@ def job_lock(store: Store, job: Job):
 
 
 def _shut_down_once_started(kernel: Future):
-    """Shut down a warm kernel that no run will take: now if it has started, else when it has."""
+    """Shut down a warm kernel that no run will take: now if it has started, else when it has. It
+    is killed, not asked to exit: it has run nothing but imports, and a stopping scheduler must
+    not wait for it."""
     def shut_down(started: Future):
         if started.exception() is None:
+            started.result().kill()
             started.result().shutdown()
 
     kernel.add_done_callback(shut_down)
 
 
+def _in_background(function, *args) -> Future:
+    """``function(*args)`` in a daemon thread: a scheduler stopping does not wait for a kernel still
+    starting (one whose start outlives the process ends with it: ipykernel exits when its parent
+    does)."""
+    future = Future()
+
+    def work():
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(function(*args))
+            except BaseException as e:
+                future.set_exception(e)
+
+    threading.Thread(target=work, name="warm-kernel", daemon=True).start()
+    return future
+
+
 class Scheduler:
     """Runs due jobs; see the module's notes. ``clock`` (aware datetimes) is replaceable for tests;
-    ``warm_ahead`` 0 starts every run's kernel at its slot."""
+    ``started``: when this scheduler started (default: the clock's now), before which it runs no
+    slot of a job that has no run recorded; ``warm_ahead`` 0 starts every run's kernel at its slot."""
 
     def __init__(self, jobs: list[Job], store: Store, *, output_dir=None, clock=None,
-                 warm_ahead: float = WARM_AHEAD):
+                 warm_ahead: float = WARM_AHEAD, started: dt.datetime | None = None):
         self.jobs = {job.name: job for job in jobs}
         self.store = store
         self.output_dir = output_dir
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.started = started or self.clock()
         self.warm_ahead = warm_ahead
         self.wake = threading.Event()  # set when a run ends, or to stop
         self.stopping = False
-        self._running: dict[str, threading.Thread] = {}
+        self._running: dict[str, tuple[threading.Thread, dt.datetime]] = {}  # job -> (its run's thread, slot)
         self._warm: dict[str, tuple[dt.datetime, Future]] = {}  # job -> (slot, its kernel to come)
-        self._warmer = ThreadPoolExecutor(thread_name_prefix="warm-kernel")
 
     def job(self, name: str) -> Job:
         if name not in self.jobs:
             raise InputError("job", f"no job {name!r}; the jobs are {', '.join(self.jobs) or 'none'}")
         return self.jobs[name]
 
+    def _unhandled_slot(self, job: Job, now: dt.datetime) -> dt.datetime | None:
+        """``job``'s latest slot at ``now`` if it has been neither run nor passed over; a slot from
+        before this scheduler started does not count for a job with no run recorded (it has no
+        missed slots: a first start runs nothing from the past, whatever ``missed`` says)."""
+        slot = job.previous_slot(now)
+        if not slot:
+            return None
+        last = self.store.last_slot(job.name)
+        if last is None:
+            return slot if slot >= self.started else None
+        return slot if slot.timestamp() > last else None
+
     def due(self, now: dt.datetime) -> list[tuple[Job, dt.datetime]]:
         """Jobs not running whose latest slot at ``now`` has not been handled, with that slot."""
-        found = []
-        for job in self.jobs.values():
-            slot = job.previous_slot(now)
-            last = self.store.last_slot(job.name)
-            if slot and (last is None or slot.timestamp() > last) and not self.running(job.name):
-                found.append((job, slot))
-        return found
+        return [(job, slot) for job in self.jobs.values()
+                if not self.running(job.name) and (slot := self._unhandled_slot(job, now))]
 
     def running(self, name: str) -> bool:
-        thread = self._running.get(name)
+        thread, _ = self._running.get(name, (None, None))
         return thread is not None and thread.is_alive()
 
     def tick(self, now: dt.datetime | None = None) -> list[threading.Thread]:
-        """Handle every due job: pass over a slot missed under ``missed = "skip"``, else start a run
-        in a thread (returned, for whoever wants to wait)."""
+        """Handle every job's latest slot not yet handled: pass over (record skipped) one whose job
+        still runs an earlier slot, or one missed under ``missed = "skip"``; else start a run in a
+        thread (returned, for whoever wants to wait)."""
         now = now or self.clock()
         started = []
-        for job, slot in self.due(now):
+        for job in self.jobs.values():
+            slot = self._unhandled_slot(job, now)
+            if not slot:
+                continue
+            if self.running(job.name):
+                busy = self._running[job.name][1]
+                if slot > busy:
+                    limit = f"its timeout is {job.timeout:g} s" if job.timeout else "it has no timeout"
+                    self.skip(job, slot, f"job {job.name} was still running for its {busy.isoformat()} slot "
+                                         f"({limit})")
+                continue
             late = (now - slot).total_seconds()
             if late > job.grace and job.missed == "skip":
                 self.skip(job, slot, f"missed by {late / 60:.0f} min (grace {job.grace / 60:g} min); "
@@ -308,7 +364,7 @@ class Scheduler:
                 continue
             thread = threading.Thread(target=self._run_in_thread, args=(job, slot), name=f"job-{job.name}",
                                       daemon=True)
-            self._running[job.name] = thread
+            self._running[job.name] = (thread, slot)
             thread.start()
             started.append(thread)
         return started
@@ -318,6 +374,7 @@ class Scheduler:
             self.run(job, slot)
         except JobBusy as e:
             log.info("%s", e)
+            self.skip(job, slot, str(e))  # unless the other process has run it meanwhile
         except Exception:
             log.exception("job %s failed to start", job.name)
         finally:
@@ -325,14 +382,15 @@ class Scheduler:
 
     def run(self, job: Job, slot: dt.datetime) -> Run | None:
         """Run ``job`` for ``slot`` under its lock; None if that slot was handled meanwhile (by
-        another process). Raises JobBusy while the job runs elsewhere."""
+        another process), or this scheduler is stopping. Raises JobBusy while the job runs elsewhere."""
         with job_lock(self.store, job):
             last = self.store.last_slot(job.name)
-            if last is not None and slot.timestamp() <= last:
+            if (last is not None and slot.timestamp() <= last) or self.stopping:
                 return None
             log.info("job %s: running %s for %s", job.name, job.notebook, slot.isoformat())
             run = run_notebook(job.notebook, job.parameters, job=job.name, slot=slot, store=self.store,
-                               output_dir=self.output_dir, kernel=self._warm_kernel(job, slot))
+                               output_dir=self.output_dir, timeout=job.timeout,
+                               kernel=self._warm_kernel(job, slot))
             log.info("job %s: %s in %.1f s (%s)", job.name, run.status, run.duration, run.error or run.output_path)
             return run
 
@@ -343,7 +401,7 @@ class Scheduler:
             return self._warm[job.name][1]
         self._drop_warm(job.name)
         log.info("job %s: starting its kernel for the %s slot", job.name, slot.isoformat())
-        future = self._warmer.submit(Kernel.start, job.notebook, preload=True)
+        future = _in_background(lambda: Kernel.start(job.notebook, preload=True))
         self._warm[job.name] = (slot, future)
         return future
 
@@ -369,13 +427,12 @@ class Scheduler:
         if future:
             _shut_down_once_started(future)
 
-    def skip(self, job: Job, slot: dt.datetime, reason: str) -> Run:
+    def skip(self, job: Job, slot: dt.datetime, reason: str) -> Run | None:
+        """Record ``slot`` passed over, saying why; None if it has been handled meanwhile."""
         log.info("job %s: slot %s skipped: %s", job.name, slot.isoformat(), reason)
-        now = time.time()
-        return self.store.start_run(job=job.name, slot=slot.timestamp(), notebook=str(job.notebook),
+        return self.store.skip_slot(job.name, slot.timestamp(), notebook=str(job.notebook),
                                     strategy=strategy_of(job.notebook, job.parameters),
-                                    parameters=json.dumps(job.parameters, default=str), status="skipped",
-                                    started_at=now, finished_at=now, error=reason)
+                                    parameters=json.dumps(job.parameters, default=str), error=reason)
 
     def serve(self):
         """Run due jobs until ``stop()``: wakes ``warm_ahead`` before each job's next slot to warm its
@@ -403,10 +460,21 @@ class Scheduler:
                 self._drop_warm(name)
 
     def stop(self):
+        """Start no more runs; those under way go on (``join`` waits for them)."""
         self.stopping = True
         self.wake.set()
 
+    def abort(self, reason: str) -> list[Run]:
+        """Stop now: start no more runs, stop those under way (their kernels killed, recorded failed
+        with ``reason``, their staged signals cancelled) and kill the kernels started ahead. Returns
+        the stopped runs' records. Takes well under a second."""
+        self.stop()
+        stopped = stop_runs(reason, jobs=set(self.jobs))
+        for name in list(self._warm):
+            self._drop_warm(name)
+        return stopped
+
     def join(self, timeout: float | None = None):
         """Wait for the runs started so far to end."""
-        for thread in list(self._running.values()):
+        for thread, _ in list(self._running.values()):
             thread.join(timeout)

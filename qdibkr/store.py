@@ -586,10 +586,48 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------ notebook runs
-    def start_run(self, **values) -> Run:
-        """Record a run that is starting (or, with ``status="skipped"``, a slot passed over)."""
-        values = {"id": uuid.uuid4().hex, "started_at": time.time(), "status": "running", **values}
+    # A run records its owner, the process executing it (``owner_pid`` on ``owner_host``), so that
+    # a run left ``running`` by a killed process can be told from one still going in another.
+    # The columns are added to an older database on first use (see ``_run_owner_columns``).
+    RUN_OWNER_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT"}
+
+    def _run_owner_columns(self):
+        """Add the owner columns to ``runs`` if this database predates them: checked and altered in
+        one transaction, so that two processes upgrading at once do not both add them."""
+        if getattr(self, "_runs_have_owner", False):
+            return
         with self.transaction() as db:
+            present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            for column, kind in self.RUN_OWNER_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        self._runs_have_owner = True
+
+    @staticmethod
+    def _run(row) -> Run:
+        return Run(**{f.name: row[f.name] for f in fields(Run)})
+
+    def start_run(self, **values) -> Run:
+        """Record a run that is starting (or, with ``status="skipped"``, a slot passed over), owned
+        by this process."""
+        self._run_owner_columns()
+        values = {"id": uuid.uuid4().hex, "started_at": time.time(), "status": "running",
+                  "owner_pid": os.getpid(), "owner_host": _this_host(), **values}
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                       tuple(values.values()))
+        return self.run(values["id"])
+
+    def skip_slot(self, job: str, slot: float, **values) -> Run | None:
+        """Record ``job``'s ``slot`` as passed over (``error``: why), unless a run for it or a later
+        slot is recorded already (by another process, say); then None."""
+        self._run_owner_columns()
+        now = time.time()
+        values = {"id": uuid.uuid4().hex, "job": job, "slot": slot, "status": "skipped", "started_at": now,
+                  "finished_at": now, "owner_pid": os.getpid(), "owner_host": _this_host(), **values}
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE job = ? AND slot >= ?", (job, slot)).fetchone():
+                return None
             db.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                        tuple(values.values()))
         return self.run(values["id"])
@@ -602,17 +640,114 @@ class Store:
                        (*changes.values(), run_id))
         return self.run(run_id)
 
+    def succeed_run(self, run_id: str, **changes) -> Run:
+        """A run's notebook succeeded: release its staged signals to the runner and record it
+        ``succeeded`` with their number, in one transaction (a process killed in between leaves
+        neither a failed run whose signals trade nor a succeeded one whose signals never do). A
+        run no longer ``running`` (stopped, or failed as an orphan meanwhile) is left as it is."""
+        with self.transaction() as db:
+            if db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()["status"] == "running":
+                released = db.execute("UPDATE signals SET status = 'pending', updated_at = ? WHERE run_id = ? "
+                                      "AND status = 'staged'", (time.time(), run_id)).rowcount
+                changes = {"status": "succeeded", "finished_at": time.time(), "signals": released, **changes}
+                db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                           (*changes.values(), run_id))
+        return self.run(run_id)
+
+    def fail_run(self, run_id: str, error: str, **changes) -> Run:
+        """Record a ``running`` run ``failed`` with ``error`` and cancel its staged signals, in one
+        transaction; a run that has ended already is left as it is (the first end recorded holds)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row["status"] == "running":
+                self._fail_runs(db, [run_id], error, **changes)
+        return self.run(run_id)
+
+    def fail_orphaned_runs(self) -> list[Run]:
+        """Record ``failed``, their staged signals cancelled, the runs left ``running`` by a process
+        that has ended (killed: SIGKILL, a crash, a power cut): those owned by this host whose owner
+        process is gone, or whose pid now belongs to a process started after the run (reused), and
+        those recorded before runs had owners. Runs of live processes and of other hosts are left
+        alone. Staged signals left behind by a failed run are cancelled too. One transaction."""
+        self._run_owner_columns()
+        host = _this_host()
+        with self.transaction() as db:
+            orphans = []
+            for row in db.execute("SELECT id, started_at, owner_pid, owner_host FROM runs WHERE status = 'running'"):
+                if row["owner_host"] is None:
+                    orphans.append((row["id"], "left running by a process of an earlier qdibkr version, now "
+                                               "presumed ended"))
+                elif row["owner_host"] == host and not _process_owns(row["owner_pid"], row["started_at"]):
+                    orphans.append((row["id"], f"left running by process {row['owner_pid']} on {host}, which "
+                                               f"has ended (killed?) without recording how the run ended"))
+            for run_id, error in orphans:
+                self._fail_runs(db, [run_id], error)
+            left = [row["id"] for row in db.execute(
+                "SELECT DISTINCT runs.id FROM runs JOIN signals ON signals.run_id = runs.id "
+                "WHERE runs.status = 'failed' AND signals.status = 'staged'")]
+            for run_id in left:
+                error = db.execute("SELECT error FROM runs WHERE id = ?", (run_id,)).fetchone()["error"]
+                self._discard_staged(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
+        runs = [self.run(run_id) for run_id, _ in orphans]
+        for run in runs:
+            log.warning("run %s of %s: %s", run.id[:8], run.notebook, run.error)
+        return runs
+
+    def _fail_runs(self, db, run_ids: list[str], error: str, **changes):
+        changes = {"status": "failed", "finished_at": time.time(), "error": error, **changes}
+        for run_id in run_ids:
+            db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                       (*changes.values(), run_id))
+            self._discard_staged(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
+
+    @staticmethod
+    def _discard_staged(db, run_id: str, reason: str) -> int:
+        """``discard_run`` within the caller's transaction: the run's staged signals cancelled, their
+        idempotency keys set aside so that a repeat of the run may emit them afresh."""
+        return db.execute("UPDATE signals SET status = 'cancelled', reason = ?, updated_at = ?, "
+                          "idempotency_key = idempotency_key || ' discarded by run ' || run_id "
+                          "WHERE run_id = ? AND status = 'staged'", (reason, time.time(), run_id)).rowcount
+
     def run(self, run_id: str) -> Run | None:
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return Run(**dict(rows[0])) if rows else None
+        return self._run(rows[0]) if rows else None
 
     def runs(self, job: str | None = None, limit: int | None = None) -> list[Run]:
         """Runs, the latest last; of one job if given."""
         sql = "SELECT * FROM runs" + (" WHERE job = ?" if job else "") + " ORDER BY started_at DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [Run(**dict(r)) for r in reversed(self._query(sql, (job,) if job else ()))]
+        return [self._run(r) for r in reversed(self._query(sql, (job,) if job else ()))]
 
     def last_slot(self, job: str) -> float | None:
         """The latest schedule slot a job has run for, or passed over."""
         return self._query("SELECT MAX(slot) FROM runs WHERE job = ?", (job,))[0][0]
+
+
+def _this_host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _process_owns(pid: int | None, since: float) -> bool:
+    """Whether process ``pid`` of this host is alive and may own a run started at ``since``: not a
+    zombie, and (where /proc tells) started no later than the run (else its pid was reused)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return True  # no /proc (macOS): alive is all we know
+    if stat[0] in ("Z", "X"):  # ended, not yet reaped by its parent
+        return False
+    started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
+    return started <= since + 2  # btime is whole seconds

@@ -11,6 +11,7 @@ import pytest
 
 from qdibkr.cli import main
 from qdibkr.errors import InputError
+from qdibkr.runs import DEFAULT_TIMEOUT
 from qdibkr.schedule import JobBusy, Scheduler, load_job, load_jobs
 from tests.notebook_files import outputs, write_notebook
 
@@ -24,7 +25,8 @@ def at(zone, *fields) -> dt.datetime:
 @pytest.fixture
 def folder(tmp_path) -> Path:
     """A schedules folder beside a quick notebook that waits on a FIFO when given one."""
-    write_notebook(tmp_path / "quick.ipynb", 'strategy = "quick"\ngate = ""', "if gate:\n    open(gate).read()")
+    write_notebook(tmp_path / "quick.ipynb", 'strategy = "quick"\ngate = ""\nmode = "research"\nsymbols = []',
+                   "if gate:\n    open(gate).read()")
     (tmp_path / "schedules").mkdir()
     return tmp_path / "schedules"
 
@@ -66,6 +68,8 @@ def test_schedule_files_are_checked(folder):
         'cron = "* * * * *"\ntimezone = "Mars/Olympus"': "not a time zone",
         'cron = "* * * * *"\nmissed = "later"': "use skip or run",
         'cron = "* * * * *"\ngrace = "soon"': "not a time span",
+        'cron = "* * * * *"\ntimeout = "later"': "not a time span",
+        'cron = "* * * * *"\ntimeout = -1': "not a time span",
         'cron = "* * * * *"\ncolour = "red"': r"unknown setting\(s\) colour",
     }
     for text, problem in bad.items():
@@ -100,14 +104,14 @@ def test_yaml_schedules_take_the_same_settings(folder):
 def test_only_trading_days_run_and_a_missed_slot_runs_once_or_is_skipped(folder, store, tmp_path):
     schedule(folder, "late", 'cron = "35 9 * * *"\ncalendar = "XNYS"\nmissed = "run"\ngrace = "2m"')
     schedule(folder, "strict", 'cron = "35 9 * * *"\ncalendar = "XNYS"\nmissed = "skip"\ngrace = "2m"')
-    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs")
+    monday = at(NY, 2026, 11, 23, 9, 35)
+    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs", clock=lambda: monday)
 
     def tick(when):
         for thread in scheduler.tick(when):
             thread.join(60)
         return [(r.job, dt.datetime.fromtimestamp(r.slot, NY), r.status) for r in store.runs()]
 
-    monday = at(NY, 2026, 11, 23, 9, 35)
     on_time = [("late", monday, "succeeded"), ("strict", monday, "succeeded")]
     assert sorted(tick(monday + dt.timedelta(seconds=30))) == on_time
     assert sorted(tick(monday + dt.timedelta(minutes=5))) == on_time  # that slot is done
@@ -123,32 +127,91 @@ def test_only_trading_days_run_and_a_missed_slot_runs_once_or_is_skipped(folder,
     assert [job.name for job, _ in scheduler.due(at(NY, 2026, 11, 27, 9, 35))] == ["late", "strict"]
 
 
-def test_one_job_never_runs_twice_at_once(folder, store, tmp_path):
+def test_one_job_never_runs_twice_at_once_and_a_slot_that_comes_meanwhile_is_skipped(folder, store, tmp_path):
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     path = schedule(folder, "slow", f'cron = "*/5 * * * *"\n[parameters]\ngate = "{gate}"')
-    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs")
-    elsewhere = Scheduler([load_job(path)], store, output_dir=tmp_path / "runs")  # as another process
     first = at(dt.timezone.utc, 2026, 11, 25, 10, 0)
+    second, third, fourth = (first + dt.timedelta(minutes=m) for m in (5, 10, 15))
+    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs", clock=lambda: first)
+    elsewhere = Scheduler([load_job(path)], store, output_dir=tmp_path / "runs", clock=lambda: first)  # as another process
     try:
         [thread] = scheduler.tick(first)
         with open(gate, "w") as writer:  # the run is under way: its notebook waits to read
-            assert scheduler.tick(first + dt.timedelta(minutes=5)) == []
-            assert scheduler.due(first + dt.timedelta(minutes=5)) == []
+            assert scheduler.tick(second) == []  # no second run: the slot is recorded skipped
+            assert scheduler.due(second + dt.timedelta(minutes=1)) == []
             with pytest.raises(JobBusy, match="job slow is running already"):
-                elsewhere.run(elsewhere.job("slow"), first + dt.timedelta(minutes=5))
+                elsewhere.run(elsewhere.job("slow"), third)
+            [busy] = elsewhere.tick(third)  # another scheduler meets the job's lock: skipped too
+            busy.join(60)
             writer.write("done\n")
         thread.join(60)
-        [second] = scheduler.tick(first + dt.timedelta(minutes=6))
+        assert scheduler.tick(third + dt.timedelta(minutes=1)) == []  # a skipped slot does not run late
+        [last] = scheduler.tick(fourth)
         with open(gate, "w") as writer:
             writer.write("done\n")
-        second.join(60)
+        last.join(60)
     finally:
         release(gate)
     runs = store.runs("slow")
-    assert [(r.status, r.slot) for r in runs] == [("succeeded", first.timestamp()),
-                                                   ("succeeded", (first + dt.timedelta(minutes=5)).timestamp())]
-    assert runs[0].finished_at <= runs[1].started_at
+    assert [(r.status, r.slot) for r in runs] == [("succeeded", first.timestamp()), ("skipped", second.timestamp()),
+                                                   ("skipped", third.timestamp()), ("succeeded", fourth.timestamp())]
+    assert runs[1].error.startswith("job slow was still running for its 2026-11-25T10:00:00+00:00 slot")
+    assert runs[2].error.startswith(f"job slow is running already (pid {os.getpid()} since")
+    assert runs[0].finished_at <= runs[3].started_at
+
+
+def test_a_first_start_runs_no_slot_from_before_it_whatever_missed_says(folder, store, tmp_path):
+    schedule(folder, "eager", 'cron = "*/5 * * * *"\nmissed = "run"\ngrace = "10m"')
+    start = at(dt.timezone.utc, 2026, 11, 25, 10, 0, 30)  # 30 s after a slot, well within grace
+    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs", clock=lambda: start)
+    assert scheduler.due(start) == [] and scheduler.tick(start) == []
+    assert scheduler.tick(start + dt.timedelta(minutes=3)) == [] and store.runs() == []  # nothing run, nothing skipped
+    [thread] = scheduler.tick(at(dt.timezone.utc, 2026, 11, 25, 10, 5, 1))  # the first slot after the start
+    thread.join(60)
+    # Restarted later: the job has a run recorded now, so its missed policy holds: run once, late.
+    later = at(dt.timezone.utc, 2026, 11, 25, 10, 17)
+    restarted = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs", clock=lambda: later)
+    [thread] = restarted.tick(later)
+    thread.join(60)
+    assert [(r.status, dt.datetime.fromtimestamp(r.slot, dt.timezone.utc).strftime("%H:%M"))
+            for r in store.runs("eager")] == [("succeeded", "10:05"), ("succeeded", "10:15")]
+
+
+def test_a_misspelt_parameter_is_refused_when_the_schedule_loads(folder, store, tmp_path, capsys):
+    path = schedule(folder, "typo", 'cron = "* * * * *"\n[parameters]\nmodee = "live"')
+    with pytest.raises(InputError) as refused:
+        load_job(path)
+    assert refused.value.field == "parameter"
+    assert "quick.ipynb has no parameter modee; its parameters are strategy, gate, mode, symbols" in str(refused.value)
+    assert str(refused.value).startswith(f"parameter: {path}: ")
+    # ... in the very words `qdibkr run` refuses it with
+    assert main(["run", str(folder.parent / "quick.ipynb"), "--db", str(store.path), "-p", "modee", "live"]) == 2
+    assert capsys.readouterr().err.strip().removeprefix("qdibkr: parameter: ") in refused.value.message
+    assert main(["schedule", "list", "--dir", str(folder), "--db", str(store.path)]) == 2  # the scheduler won't start
+    assert "has no parameter modee" in capsys.readouterr().err and store.runs() == []
+
+
+def test_a_scheduled_run_that_hangs_is_stopped_at_the_jobs_timeout(folder, store, tmp_path):
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)  # nobody writes to it: the notebook waits for ever
+    schedule(folder, "hangs", f'cron = "*/5 * * * *"\ntimeout = "2s"\n[parameters]\ngate = "{gate}"')
+    first = at(dt.timezone.utc, 2026, 11, 25, 10, 0)
+    scheduler = Scheduler(load_jobs(folder), store, output_dir=tmp_path / "runs", clock=lambda: first)
+    assert scheduler.job("hangs").timeout == 2
+    try:
+        [thread] = scheduler.tick(first)
+        thread.join(60)
+    finally:
+        release(gate)
+    [run] = store.runs("hangs")
+    assert run.status == "failed" and run.error.startswith("timed out: the run took more than 2 s")
+    assert 2 <= run.duration < 10 and not thread.is_alive()
+    [thread] = scheduler.tick(first + dt.timedelta(minutes=5))  # the job is free for its next slot
+    with open(gate, "w") as writer:
+        writer.write("go\n")
+    thread.join(60)
+    assert [r.status for r in store.runs("hangs")] == ["failed", "succeeded"]
 
 
 def release(gate: Path):
@@ -184,10 +247,9 @@ def test_serve_wakes_at_the_slot(folder, store, tmp_path):
     assert done.wait(60)
     scheduler.stop()
     serving.join(10)
-    [first, second] = store.runs("minutely")  # the minute started in the past, skipped; the next one, run
-    assert (first.status, second.status) == ("skipped", "succeeded")
-    assert second.slot - first.slot == 60
-    assert second.started_at + offset.total_seconds() - second.slot < 2  # started on time, by the moved clock
+    [run] = store.runs("minutely")  # the minute started before the scheduler: no run, not even a skipped one
+    assert run.status == "succeeded" and 0 < run.slot - scheduler.started.timestamp() < 1
+    assert run.started_at + offset.total_seconds() - run.slot < 2  # started on time, by the moved clock
 
 
 def test_serve_starts_the_kernel_ahead_and_the_run_at_the_slot_takes_it(tmp_path, store):
@@ -257,5 +319,6 @@ def test_the_shipped_schedules_load():
     jobs = {job.name: job for job in load_jobs(Path(__file__).parent.parent / "schedules")}
     assert set(jobs) == {"us_sma", "hk_sma"}
     assert all(job.notebook.is_file() and job.parameters["mode"] == "live" for job in jobs.values())
+    assert all(job.missed == "skip" and job.timeout == DEFAULT_TIMEOUT for job in jobs.values())  # never late, live
     assert jobs["us_sma"].next_slot(at(NY, 2026, 11, 27, 9, 0)) == at(NY, 2026, 11, 27, 12, 50)  # early close
     assert jobs["hk_sma"].next_slot(at(HK, 2026, 12, 24, 16, 0)) == at(HK, 2026, 12, 28, 15, 30)
