@@ -88,8 +88,8 @@ class Gate:
             price = limit or await self.broker.price_async(sym.display, sym.market)
             rate = 1.0 if sym.currency == "USD" else self.broker.rate_to_base(sym.currency)
             notional = quantity * price * rate
-        held = int(self.broker.held(contract))
         at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age)
+        held = int(self.broker.held(contract))  # after that await: a fill meanwhile is in one or the other
         if side == Side.SELL and quantity > held - sum(n for _, s, n in at_tws if s == Side.SELL):
             # TWS reports a fill's new position in a message of its own, which may still be on its way
             # (a close sent the moment its open filled): one round trip, then measure again before refusing.
