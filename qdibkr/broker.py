@@ -85,6 +85,35 @@ class OrderResult:
 
 
 @dataclass(frozen=True)
+class Execution:
+    """One execution (fill) of an order, with what IB charged for it once its commission report came."""
+
+    exec_id: str
+    order_id: int
+    order_ref: str
+    symbol: str
+    side: str  # BUY or SELL
+    shares: float
+    price: float
+    time: dt.datetime
+    commission: float | None  # None until TWS's commission report for it has come
+    commission_currency: str
+    realized_pnl: float  # ib_insync reports 0 for opening fills
+    currency: str  # the contract's
+    account: str
+
+
+@dataclass(frozen=True)
+class KnownOrders:
+    """What TWS knows of the orders whose orderRef starts with a prefix: for the runner's reconcile."""
+
+    orders: dict[str, OrderResult]  # by orderRef: open (of any client) or completed today
+    executions: list[Execution]  # of those orders, as far as TWS still reports them (the day's)
+    # shares an order filled beyond the executions TWS still reports: filled on an earlier day
+    unreported: dict[str, float]
+
+
+@dataclass(frozen=True)
 class TWSMessage:
     """An error or notice TWS sent: its request or order id (-1: none), code and text."""
 
@@ -174,6 +203,13 @@ def _num(x) -> float | None:
     return float(x)
 
 
+def _filled(trade: Trade) -> float:
+    """Shares filled: the live status's count, or for an order known only as completed (no status this
+    session), the order's filledQuantity (which ib_insync leaves at its huge 'unset' value otherwise)."""
+    completed = trade.order.filledQuantity
+    return trade.orderStatus.filled or (completed if completed < 1e300 else 0.0)
+
+
 def _reason(text: str) -> str:
     """IB's rejection text after its ``Order rejected - reason:`` prefix."""
     return text.split("reason:", 1)[1].strip() if "reason:" in text else text
@@ -200,10 +236,13 @@ class Broker:
         self.updated = Event("updated")  # after each batch of messages from TWS: any sign of life
         self.disconnected = Event("disconnected")
         self.order_updated = Event("order_updated")  # OrderResult, on each order status TWS reports
+        self.executed = Event("executed")  # Execution, once its commission report has come
         self.message = Event("message")  # TWSMessage
         self.ib.updateEvent += self.updated.emit
         self.ib.disconnectedEvent += self.disconnected.emit
         self.ib.orderStatusEvent += lambda trade: self.order_updated.emit(self._result(trade))
+        self.ib.commissionReportEvent += lambda trade, fill, report: self.executed.emit(self._execution(fill))
+        self._server_clock: tuple[float, float] | None = None  # see server_time_async
 
     # ------------------------------------------------------------ plumbing
     def _on_error(self, req_id, code, text, contract):
@@ -353,6 +392,35 @@ class Broker:
     def is_connected(self) -> bool:
         return self.ib.isConnected()
 
+    async def server_time_async(self, max_age: float = 1.0) -> dt.datetime:
+        """TWS's clock (UTC, whole seconds as TWS tells it): the one trading hours and trading days are
+        judged by, so that qdibkr agrees with TWS on a host whose clock is off, and with the simulated
+        gateway's clock wherever a user or a test has set it. A reading up to ``max_age`` seconds old
+        is carried forward by the host's clock instead of asking again (so a simulated clock running
+        faster than real time is seen up to that much late)."""
+        loop = asyncio.get_running_loop()
+        if self._server_clock is None or loop.time() - self._server_clock[1] > max_age:
+            told = await self._request("currentTime", self.ib.reqCurrentTimeAsync)
+            self._server_clock = told.timestamp(), loop.time()
+        told, at = self._server_clock
+        return dt.datetime.fromtimestamp(told + loop.time() - at, dt.timezone.utc)
+
+    def probe(self):
+        """Ask TWS something it answers by itself (the time), without waiting: any answer, on
+        ``updated``, shows the connection alive."""
+        self.ib.client.reqCurrentTime()
+
+    async def wait_until(self, condition, timeout: float) -> bool:
+        """Wait until ``condition()`` holds, re-checked after each batch of messages from TWS; False
+        on timeout."""
+        return await until(self.ib, condition, timeout)
+
+    def forget_session(self):
+        """Forget the orders and fills of the session just ended. ib_insync does so when its socket is
+        lost but not on an explicit disconnect, and an order sent into a silent connection must not look
+        known (as ib_insync's own PendingSubmit copy) although TWS may never have got it."""
+        self.ib.wrapper.reset()
+
     @property
     def data_source(self) -> str:
         """Where this connection's market data comes from, as a name to keep it under: "ib" for TWS and
@@ -365,7 +433,7 @@ class Broker:
     async def status_async(self) -> Status:
         s = self.settings
         connected = self.ib.isConnected()
-        server_time = await self._request("currentTime", self.ib.reqCurrentTimeAsync) if connected else None
+        server_time = await self.server_time_async(max_age=0) if connected else None
         return Status(connected, s.host, s.port, s.client_id, self.account,
                       self.ib.client.serverVersion() if connected else None, server_time,
                       self.data_source if connected else None)
@@ -462,13 +530,25 @@ class Broker:
         return row
 
     def _result(self, trade: Trade, message: str = "") -> OrderResult:
+        """An order as TWS last reported it; ``message``, unless given, is TWS's last error on it."""
         o, st = trade.order, trade.orderStatus
+        if not message:
+            errors = [e.message for e in trade.log if e.errorCode and e.errorCode != 202]
+            message = errors[-1] if errors else ""
         return OrderResult(
             order_id=o.orderId, perm_id=o.permId, symbol=self._display(trade.contract), side=o.action,
             quantity=o.totalQuantity, order_type=o.orderType,
             limit_price=_num(o.lmtPrice) if o.orderType == "LMT" else None, tif=o.tif,
-            status=st.status, filled=st.filled, remaining=st.remaining,
+            status=st.status, filled=_filled(trade), remaining=st.remaining,
             avg_fill_price=st.avgFillPrice or None, order_ref=o.orderRef, message=message)
+
+    def _execution(self, fill) -> Execution:
+        e, report = fill.execution, fill.commissionReport
+        return Execution(
+            exec_id=e.execId, order_id=e.orderId, order_ref=e.orderRef, symbol=self._display(fill.contract),
+            side="BUY" if e.side == "BOT" else "SELL", shares=e.shares, price=e.price, time=fill.time,
+            commission=report.commission if report.execId else None, commission_currency=report.currency, realized_pnl=report.realizedPNL,
+            currency=fill.contract.currency, account=e.acctNumber)
 
     async def place_async(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,
                           tif: str = "DAY", order_ref: str = "", order_id: int = 0) -> OrderResult:
@@ -517,14 +597,39 @@ class Broker:
         """Shares of ``contract`` the account holds, as TWS last reported (it pushes every change)."""
         return sum(p.position for p in self.ib.positions(self.account) if p.contract.conId == contract.conId)
 
-    async def known_trades_async(self, ref_prefix: str) -> dict:
-        """Every order TWS knows (open, of any client, or completed today) whose orderRef starts
-        with ``ref_prefix``, by orderRef; and the session's fills are refreshed on the way."""
+    async def known_orders_async(self, ref_prefix: str) -> KnownOrders:
+        """Every order TWS knows (open, of any client, or completed today) whose orderRef starts with
+        ``ref_prefix``, with the executions TWS still reports for them."""
         self._require_connection()
         await self._request("openOrders", self.ib.reqAllOpenOrdersAsync)
         await self._request("completedOrders", lambda: self.ib.reqCompletedOrdersAsync(apiOnly=True))
         await self.ib.reqExecutionsAsync()
-        return {t.order.orderRef: t for t in self.ib.trades() if t.order.orderRef.startswith(ref_prefix)}
+        trades = {t.order.orderRef: t for t in self.ib.trades() if t.order.orderRef.startswith(ref_prefix)}
+        # The session's fills, which carry the commission reports (a repeated reqExecutions returns copies).
+        executions = [self._execution(f) for f in self.ib.fills() if f.execution.orderRef.startswith(ref_prefix)]
+        executed: dict[str, float] = {}
+        for e in executions:
+            executed[e.order_ref] = executed.get(e.order_ref, 0.0) + e.shares
+        # An order known only as completed (no live status this session) that filled more than today's
+        # executions show: the rest filled on an earlier day, and TWS reports only the day's executions.
+        unreported = {ref: _filled(t) - executed.get(ref, 0.0) for ref, t in trades.items()
+                      if not t.orderStatus.filled and _filled(t) > executed.get(ref, 0.0)}
+        return KnownOrders({ref: self._result(t) for ref, t in trades.items()}, executions, unreported)
+
+    def cancel_by_ref(self, order_ref: str) -> bool:
+        """Ask TWS to cancel the working order with this orderRef, placed by this client; without
+        waiting. False if this session knows no such working order."""
+        trade = next((t for t in self.ib.openTrades() if t.order.orderRef == order_ref), None)
+        if trade is not None:
+            self.ib.cancelOrder(trade.order)
+        return trade is not None
+
+    def cancel_all_by_ref(self, ref_prefix: str) -> int:
+        """Ask TWS to cancel every working order of this client whose orderRef starts with the prefix."""
+        trades = [t for t in self.ib.openTrades() if t.order.orderRef.startswith(ref_prefix)]
+        for trade in trades:
+            self.ib.cancelOrder(trade.order)
+        return len(trades)
 
     async def _streaming_ticker(self, symbol: str, market_type: str | None):
         """The session's streaming subscription to a symbol (live where subscribed, else delayed),
@@ -610,23 +715,10 @@ class Broker:
         # Refresh from TWS, then read the session's fills: ib_insync attaches commission
         # reports to those, not to the copies a repeated reqExecutions returns.
         await self.ib.reqExecutionsAsync()
-        fills = sorted(self.ib.fills(), key=lambda f: f.time)
-        rows = [{
-            "time": f.time,
-            "symbol": self._display(f.contract),
-            "side": "BUY" if f.execution.side == "BOT" else "SELL",
-            "shares": f.execution.shares,
-            "price": f.execution.price,
-            "commission": f.commissionReport.commission,
-            "commission_currency": f.commissionReport.currency,
-            "realized_pnl": f.commissionReport.realizedPNL,  # ib_insync reports 0 for opening fills
-            "order_id": f.execution.orderId,
-            "order_ref": f.execution.orderRef,
-            "exec_id": f.execution.execId,
-            "account": f.execution.acctNumber,
-        } for f in fills]
-        return frame(rows, ["time", "symbol", "side", "shares", "price", "commission", "commission_currency",
-                            "realized_pnl", "order_id", "order_ref", "exec_id", "account"])
+        columns = ["time", "symbol", "side", "shares", "price", "commission", "commission_currency",
+                   "realized_pnl", "order_id", "order_ref", "exec_id", "account"]
+        executions = sorted((self._execution(f) for f in self.ib.fills()), key=lambda e: e.time)
+        return frame([{c: getattr(e, c) for c in columns} for e in executions], columns)
 
     def trades(self) -> "pandas.DataFrame":
         return self.run(self.trades_async())

@@ -18,7 +18,6 @@ recorded ``submitting``) before the caller sends it: what the next check
 counts, in this process or another.
 """
 
-import time
 from dataclasses import dataclass
 
 from .broker import Broker
@@ -57,11 +56,11 @@ class Gate:
     request per order."""
 
     def __init__(self, broker: Broker, store: Store, risk: RiskSource, origin: str, *,
-                 lease_holder: str | None = None, open_orders_max_age: float = 0.0, clock=time.time):
+                 lease_holder: str | None = None, open_orders_max_age: float = 0.0, clock=None):
         self.broker, self.store, self.risk, self.origin = broker, store, risk, origin
         self.lease_holder = lease_holder
         self.open_orders_max_age = open_orders_max_age
-        self.clock = clock
+        self.clock = clock  # POSIX seconds; None: TWS's clock, which decides the trading day
 
     async def admit(self, symbol: str, side: Side, quantity: int, limit: float | None = None, *,
                     strategy: str | None = None, market_type: str | None = None,
@@ -96,7 +95,8 @@ class Gate:
             await self.broker.settle_async()
             held = int(self.broker.held(contract))
         known_refs = {ref for ref, _, _ in at_tws if ref}
-        day = trading_day(sym.market, self.clock())
+        now = self.clock() if self.clock else (await self.broker.server_time_async()).timestamp()
+        day = trading_day(sym.market, now)
         order_id = 0 if dry_run else signal.order_id if signal and signal.order_id else self.broker.next_order_id()
 
         def judge(db):

@@ -31,7 +31,6 @@ the connection and reconnects, reconciling as after any reconnect.
 """
 
 import asyncio
-import datetime as dt
 import functools
 import logging
 import signal as signals
@@ -42,7 +41,7 @@ from collections import Counter
 from contextlib import asynccontextmanager
 
 from . import hours
-from .broker import Broker, until
+from .broker import Broker, Execution, OrderResult
 from .config import CLIENT_IDS, Heartbeat, RiskSource, Settings, load_config, load_settings
 from .errors import ConnectError, ContractError, QdibkrError
 from .gate import Gate, Refused
@@ -65,13 +64,6 @@ OPEN_ORDERS_MAX_AGE = 1.0
 # Rules whose breach no waiting mends by itself are rejected; the kill switch holds; the risk limits do
 # as `on_breach` says.
 REJECTED_RULES = ("board_lot", "short_sale")
-
-
-def _filled(trade) -> int:
-    """Shares filled: the live status's count, or for an order loaded as completed, the order's
-    filledQuantity (which ib_insync leaves at its huge 'unset' value otherwise)."""
-    completed = trade.order.filledQuantity
-    return int(trade.orderStatus.filled or (completed if completed < 1e300 else 0))
 
 
 def _logged(handler):
@@ -117,11 +109,10 @@ class Runner:
         self.stopping = False
         self._cancels_sent: set[str] = set()
         self._last_heard = time.monotonic()  # when TWS last sent anything; see _heartbeat
-        ib = self.ibkr.ib
-        ib.orderStatusEvent += _logged(self._on_status)
-        ib.commissionReportEvent += _logged(self._on_commission)
-        ib.disconnectedEvent += self.wake.set
-        ib.updateEvent += self._heard  # ib_insync emits it after each batch of incoming messages
+        self.ibkr.order_updated += _logged(self._on_order)
+        self.ibkr.executed += _logged(self._on_execution)
+        self.ibkr.disconnected += self.wake.set
+        self.ibkr.updated += self._heard  # after each batch of incoming messages
 
     # ------------------------------------------------------------ lifecycle
     @asynccontextmanager
@@ -223,17 +214,14 @@ class Runner:
             except ConnectionError as e:  # TWS closed the connection while the runner awaited an answer
                 log.warning("the connection to TWS ended during a request (%s); reconnecting", e)
         self.ibkr.disconnect()
-        # ib_insync forgets a session's orders and fills when its socket is lost, but not on an explicit
-        # disconnect. Forget them here too: an order sent into the silence would otherwise look known
-        # to the reconcile (as ib_insync's own PendingSubmit copy) although TWS may never have got it.
-        self.ibkr.ib.wrapper.reset()
+        self.ibkr.forget_session()  # an order sent into the silence must not look known to the reconcile
         return False
 
     async def _serve(self, once: bool) -> bool:
         """Reconcile, then send as signals arrive until the connection ends or the runner is stopped
         (False), or, with ``once``, until nothing is waiting to be sent or in flight (True)."""
         await self.reconcile()
-        while self.ibkr.ib.isConnected() and not self.stopping:
+        while self.ibkr.is_connected() and not self.stopping:
             self.wake.clear()
             await self.work()
             if once and self.idle():
@@ -252,8 +240,8 @@ class Runner:
         silent ``timeout`` after a probe. Any message from TWS counts as an answer, so a busy
         connection is never probed, and a probe that waits behind a burst of requests (ib_insync
         paces sending) is not needed while TWS answers the burst."""
-        ib, beat = self.ibkr.ib, self.heartbeat
-        while ib.isConnected():
+        beat = self.heartbeat
+        while self.ibkr.is_connected():
             silent = time.monotonic() - self._last_heard
             if silent < beat.interval:
                 await asyncio.sleep(beat.interval - silent)
@@ -261,8 +249,8 @@ class Runner:
             probed = time.monotonic()
             # ib_insync's Watchdog probes with a historical data request, which needs a data farm;
             # the current time is the cheapest request there is, and TWS answers it by itself.
-            ib.client.reqCurrentTime()
-            if not await until(ib, lambda: self._last_heard > probed, beat.timeout):
+            self.ibkr.probe()
+            if not await self.ibkr.wait_until(lambda: self._last_heard > probed, beat.timeout):
                 log.warning("TWS sent nothing for %.1f s and did not answer within %g s: the connection is "
                             "dead (TWS frozen, or the network dropped it); reconnecting",
                             time.monotonic() - self._last_heard, beat.timeout)
@@ -270,23 +258,16 @@ class Runner:
 
     async def reconcile(self):
         """Adopt what TWS has for every signal that may have been sent; resend nothing it has."""
-        trades = await self.ibkr.known_trades_async(REF_PREFIX)
-        for trade in trades.values():
-            self._on_status(trade)
-        executed = Counter()  # shares by orderRef in the executions TWS still reports
-        for fill in self.ibkr.ib.fills():
-            if fill.execution.orderRef.startswith(REF_PREFIX):
-                executed[fill.execution.orderRef] += fill.execution.shares
-                if fill.commissionReport.execId:
-                    self._record(fill)
-        for ref, trade in trades.items():
-            # Known only as a completed order (no live status this session), with fewer shares in the
-            # executions than it filled: those fills were on an earlier day.
-            missing = _filled(trade) - executed[ref]
-            if not trade.orderStatus.filled and missing > 0:
-                self._flag_missing_executions(ref[len(REF_PREFIX):], missing)
+        known = await self.ibkr.known_orders_async(REF_PREFIX)
+        for order in known.orders.values():
+            self._on_order(order)
+        for execution in known.executions:
+            if execution.commission is not None:
+                self._record(execution)
+        for ref, missing in known.unreported.items():
+            self._flag_missing_executions(ref[len(REF_PREFIX):], missing)
         for signal in self.store.signals(statuses=IN_FLIGHT):
-            if signal.order_ref in trades:
+            if signal.order_ref in known.orders:
                 continue
             if signal.status == "submitting":
                 self.store.update_signal(signal.id, status="pending", order_id=None, reason="")
@@ -325,24 +306,26 @@ class Runner:
             if key in busy:
                 continue
             busy.add(key)
-            if signal.status in WAITING and self.ibkr.ib.isConnected() and not self.stopping:
+            if signal.status in WAITING and self.ibkr.is_connected() and not self.stopping:
                 await self.send(signal)
 
     async def send(self, signal: Signal):
         """Send one signal's order if the trading hours and the gate let it go; else hold or reject it,
-        with the reason stored."""
+        with the reason stored. Trading hours are judged by TWS's clock, not this host's."""
         risk = self.risk()
-        now = dt.datetime.now(dt.timezone.utc)
-        if risk.outside_hours != "send" and not hours.is_open(signal.market, now):
-            reason = f"outside trading hours; the market opens {hours.next_open(signal.market, now):%Y-%m-%d %H:%M} UTC"
-            self._refuse(signal, reason, risk.outside_hours)
-            return
+        if risk.outside_hours != "send":
+            now = await self.ibkr.server_time_async()
+            if not hours.is_open(signal.market, now):
+                opens = hours.next_open(signal.market, now)
+                self._refuse(signal, f"outside trading hours; the market opens {opens:%Y-%m-%d %H:%M} UTC",
+                             risk.outside_hours)
+                return
         held = self.store.positions(signal.strategy)
         position = next((p.quantity for p in held if p.symbol == signal.symbol), 0)
         quantity = signal.quantity if signal.quantity is not None else position
         if quantity <= 0:
-            self._refuse(signal, f"short_sale: strategy {signal.strategy!r} holds {position} {signal.symbol}; "
-                                 f"nothing to close", "reject")
+            self._refuse(signal, f"order refused: short_sale: strategy {signal.strategy!r} holds {position} "
+                                 f"{signal.symbol}; nothing to close", "reject")
             return
         try:
             admitted = await self.gate.admit(signal.symbol, signal.action, quantity, signal.limit_price,
@@ -368,70 +351,58 @@ class Runner:
             self.store.update_signal(signal.id, status=status, reason=reason)
 
     def _cancel(self, signal: Signal):
-        trade = self._trade(signal)
-        if trade and signal.id not in self._cancels_sent:
+        if signal.id not in self._cancels_sent and self.ibkr.cancel_by_ref(signal.order_ref):
             self._cancels_sent.add(signal.id)
-            self.ibkr.ib.cancelOrder(trade.order)
 
     def _cancel_open(self):
         """The kill switch's --cancel-open: cancel every working order this runner placed."""
-        for trade in self.ibkr.ib.openTrades():
-            if trade.order.orderRef.startswith(REF_PREFIX):
-                self.ibkr.ib.cancelOrder(trade.order)
-
-    def _trade(self, signal: Signal):
-        return next((t for t in self.ibkr.ib.trades() if t.order.orderRef == signal.order_ref), None)
+        self.ibkr.cancel_all_by_ref(REF_PREFIX)
 
     # ------------------------------------------------------------ TWS events
-    def _on_status(self, trade):
-        ref = trade.order.orderRef
-        if not ref.startswith(REF_PREFIX):
+    def _on_order(self, order: OrderResult):
+        if not order.order_ref.startswith(REF_PREFIX):
             return
-        signal = self.store.signal(ref[len(REF_PREFIX):])
+        signal = self.store.signal(order.order_ref[len(REF_PREFIX):])
         if signal is None or signal.is_final:
             return
-        status, reason = self._status_of(trade)
+        status, reason = self._status_of(order)
         if status is None:
             return
-        filled = _filled(trade)
         # A completed order that TWS reports (reqCompletedOrders) carries order id 0: keep the one sent.
-        changes = dict(status=status, order_id=trade.order.orderId or signal.order_id,
-                       perm_id=trade.order.permId or signal.perm_id, filled=filled,
-                       avg_price=trade.orderStatus.avgFillPrice or signal.avg_price, reason=reason)
+        changes = dict(status=status, order_id=order.order_id or signal.order_id,
+                       perm_id=order.perm_id or signal.perm_id, filled=int(order.filled),
+                       avg_price=order.avg_fill_price or signal.avg_price, reason=reason)
         if any(getattr(signal, k) != v for k, v in changes.items()):
             self.store.update_signal(signal.id, **changes)
         if status in FINAL:
             self.wake.set()  # the next signal of this strategy and symbol may go now
 
     @staticmethod
-    def _status_of(trade) -> tuple[str | None, str]:
-        st = trade.orderStatus
-        filled = _filled(trade)
-        if st.status in ("PreSubmitted", "Submitted"):
-            return ("partially_filled" if filled else "submitted"), ""
-        if st.status == "Filled":
+    def _status_of(order: OrderResult) -> tuple[str | None, str]:
+        """The signal's status for a TWS order status, and the reason to store with it."""
+        if order.status in ("PreSubmitted", "Submitted"):
+            return ("partially_filled" if order.filled else "submitted"), ""
+        if order.status == "Filled":
             return "filled", ""
-        if st.status in ("Cancelled", "ApiCancelled", "Inactive"):
-            errors = [e for e in trade.log if e.errorCode and e.errorCode != 202]
-            if errors:
-                return "rejected", errors[-1].message
-            return "cancelled", "cancelled at IB" + (f" after {filled:g} filled" if filled else "")
+        if order.status in ("Cancelled", "ApiCancelled", "Inactive"):
+            if order.message:  # TWS's error on the order: it refused or dropped it
+                return "rejected", order.message
+            return "cancelled", "cancelled at IB" + (f" after {order.filled:g} filled" if order.filled else "")
         return None, ""
 
-    def _on_commission(self, trade, fill, report):
-        if fill.execution.orderRef.startswith(REF_PREFIX):
-            self._record(fill)
+    def _on_execution(self, execution: Execution):
+        if execution.order_ref.startswith(REF_PREFIX):
+            self._record(execution)
 
-    def _record(self, fill):
-        execution, report = fill.execution, fill.commissionReport
-        signal = self.store.signal(execution.orderRef[len(REF_PREFIX):])
+    def _record(self, execution: Execution):
+        signal = self.store.signal(execution.order_ref[len(REF_PREFIX):])
         if signal is None:
             return
         self.store.record_fill(Fill(
-            exec_id=execution.execId, signal_id=signal.id, strategy=signal.strategy, symbol=signal.symbol,
-            side="BUY" if execution.side == "BOT" else "SELL", shares=int(execution.shares),
-            price=execution.price, time=execution.time.timestamp(), commission=report.commission,
-            commission_currency=report.currency), currency=fill.contract.currency)
+            exec_id=execution.exec_id, signal_id=signal.id, strategy=signal.strategy, symbol=signal.symbol,
+            side=execution.side, shares=int(execution.shares), price=execution.price,
+            time=execution.time.timestamp(), commission=execution.commission,
+            commission_currency=execution.commission_currency), currency=execution.currency)
 
 
 def summary(store: Store) -> str:

@@ -371,7 +371,7 @@ class OrderTicket(widgets.VBox):
         price = limit or (quote.ask if self.action == "BUY" else quote.bid) or quote.last or quote.close
         notional = quantity * price if price else None
         notes = []
-        if self.route.value == "signal" and not hours.is_open(sym.market, dt.datetime.now(dt.timezone.utc)):
+        if self.route.value == "signal" and not hours.is_open(sym.market, await ibkr.server_time_async()):
             notes.append("the market is closed now: the runner holds the signal until it opens, unless "
                          "its outside_hours setting says otherwise")
         if self.route.value == "signal" and sym.market == "HShare":
