@@ -46,6 +46,7 @@ def polling_worker(port: int, db: str):
     with IBKR(port=port, client_id=80) as ibkr:
         while True:
             for signal in store.signals(statuses=("pending",)):
+                store.update_signal(signal.id, status="submitting")  # the least a worker must do to send once
                 side = "buy" if signal.action == "BUY" else "sell"
                 result = ibkr.place_order(signal.symbol, side, signal.quantity, order_ref=signal.order_ref)
                 store.update_signal(signal.id, status="filled" if result.status == "Filled" else "submitted")

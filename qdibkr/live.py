@@ -24,10 +24,7 @@ from .symbols import parse_symbol
 
 def projected(store: Store, strategy: str, symbol: str) -> int:
     """The shares ``strategy`` will hold in ``symbol`` once its signals on the way are done."""
-    with store.transaction() as db:
-        held = store.position(db, strategy, symbol)
-        delta, closing = store.pending_delta(db, strategy, symbol)
-    return 0 if closing else held + delta
+    return store.read(lambda db: store.projected(db, strategy, symbol)[1])
 
 
 def rebalance(targets: Mapping[str, float], *, strategy: str, store: Store | None = None,

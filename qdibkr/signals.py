@@ -71,24 +71,21 @@ def emit(signal_type: str, symbol: str, quantity: int | None = None, *, strategy
         raise InputError("quantity", f"{sym} trades in board lots of {lot} shares; {quantity:g} is not a multiple")
     run_id = run_id or os.environ.get(RUN_ID_ENV)
 
-    with store.transaction() as db:
-        existing = store.by_key(db, key) if key else None
-        if existing:
-            return existing  # emitted before: one signal, whatever the repeat says
+    def no_short_sale(db):
         if signal_type in ("close_long", "reduce_long"):
-            held = store.position(db, strategy, sym.display)
-            delta, closing = store.pending_delta(db, strategy, sym.display)
-            projected = 0 if closing else held + delta
+            held, projected = store.projected(db, strategy, sym.display)
             wanted = projected if quantity is None else quantity
             if projected <= 0 or wanted > projected:
                 raise InputError("quantity", f"{signal_type} {quantity if quantity is not None else 'all'} {sym} "
                                              f"but strategy {strategy!r} holds {max(projected, 0)} "
                                              f"(its position {held}, with its signals still on the way)")
-        signal = store.insert_signal(
-            db, strategy=strategy, symbol=sym.display, market=sym.market, signal_type=signal_type,
-            quantity=None if quantity is None else int(quantity), order_type="LMT" if limit is not None else "MKT",
-            limit_price=None if limit is None else float(limit), tif=tif, idempotency_key=key,
-            source=source, run_id=run_id, status=SignalStatus.STAGED if run_id else SignalStatus.PENDING)
+
+    # A repeat of an emitted key returns the signal emitted before: one signal, whatever the repeat says.
+    signal = store.add_signal(
+        no_short_sale, strategy=strategy, symbol=sym.display, market=sym.market, signal_type=signal_type,
+        quantity=None if quantity is None else int(quantity), order_type="LMT" if limit is not None else "MKT",
+        limit_price=None if limit is None else float(limit), tif=tif, idempotency_key=key,
+        source=source, run_id=run_id, status=SignalStatus.STAGED if run_id else SignalStatus.PENDING)
     wake_runner(store)
     return signal
 

@@ -323,6 +323,18 @@ class Store:
         row = db.execute("SELECT * FROM signals WHERE idempotency_key = ?", (key,)).fetchone()
         return self._signal(row) if row else None
 
+    def add_signal(self, check, **values) -> Signal:
+        """Queue a signal, in one transaction: the signal already queued under the same idempotency key
+        if there is one (a repeat emits nothing), else ``check(db)`` (which raises to refuse) and the
+        new signal."""
+        with self.transaction() as db:
+            key = values.get("idempotency_key")
+            existing = self.by_key(db, key) if key else None
+            if existing:
+                return existing
+            check(db)
+            return self.insert_signal(db, **values)
+
     def insert_signal(self, db, **values) -> Signal:
         """Insert a new signal within the caller's transaction."""
         now = time.time()
@@ -381,6 +393,12 @@ class Store:
                      signal.status, f" ({signal.reason})" if signal.reason else "")
         return signal
 
+    def projected(self, db, strategy: str, symbol: str) -> tuple[int, int]:
+        """The strategy's position in ``symbol``, and what it will be once its signals on the way are done."""
+        held = self.position(db, strategy, symbol)
+        delta, closing = self.pending_delta(db, strategy, symbol)
+        return held, 0 if closing else held + delta
+
     def pending_delta(self, db, strategy: str, symbol: str) -> tuple[int, bool]:
         """Shares the strategy's unfinished signals on a symbol will add (sells negative), and
         whether one of them closes the whole position. Staged signals (of a notebook run still going,
@@ -412,16 +430,13 @@ class Store:
     def release_run(self, run_id: str) -> int:
         """A notebook run succeeded: its staged signals go to the runner."""
         with self.transaction() as db:
-            return db.execute("UPDATE signals SET status = 'pending', updated_at = ? WHERE run_id = ? "
-                              "AND status = 'staged'", (time.time(), run_id)).rowcount
+            return self._release_staged(db, run_id)
 
     def discard_run(self, run_id: str, reason: str) -> int:
         """A notebook run failed: none of its signals may trade. Their idempotency keys are set
         aside (suffixed with the run), so that a repeat of the run may emit them afresh."""
         with self.transaction() as db:
-            return db.execute("UPDATE signals SET status = 'cancelled', reason = ?, updated_at = ?, "
-                              "idempotency_key = idempotency_key || ' discarded by run ' || run_id "
-                              "WHERE run_id = ? AND status = 'staged'", (reason, time.time(), run_id)).rowcount
+            return self._discard_staged(db, run_id, reason)
 
     # ------------------------------------------------------------ the gate's operations
     def in_flight(self, db, symbol: str, strategy: str | None = None) -> tuple[int, int]:
@@ -647,8 +662,7 @@ class Store:
         run no longer ``running`` (stopped, or failed as an orphan meanwhile) is left as it is."""
         with self.transaction() as db:
             if db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()["status"] == "running":
-                released = db.execute("UPDATE signals SET status = 'pending', updated_at = ? WHERE run_id = ? "
-                                      "AND status = 'staged'", (time.time(), run_id)).rowcount
+                released = self._release_staged(db, run_id)
                 changes = {"status": "succeeded", "finished_at": time.time(), "signals": released, **changes}
                 db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
                            (*changes.values(), run_id))
@@ -699,6 +713,12 @@ class Store:
             db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
                        (*changes.values(), run_id))
             self._discard_staged(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
+
+    @staticmethod
+    def _release_staged(db, run_id: str) -> int:
+        """``release_run`` within the caller's transaction."""
+        return db.execute("UPDATE signals SET status = 'pending', updated_at = ? WHERE run_id = ? "
+                          "AND status = 'staged'", (time.time(), run_id)).rowcount
 
     @staticmethod
     def _discard_staged(db, run_id: str, reason: str) -> int:
