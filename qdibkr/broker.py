@@ -243,6 +243,9 @@ class Broker:
         self.ib.orderStatusEvent += lambda trade: self.order_updated.emit(self._result(trade))
         self.ib.commissionReportEvent += lambda trade, fill, report: self.executed.emit(self._execution(fill))
         self._server_clock: tuple[float, float] | None = None  # see server_time_async
+        self._unposted: dict[tuple[str, int], float] = {}  # see unposted
+        self.ib.execDetailsEvent += self._on_fill
+        self.ib.positionEvent += self._on_position
 
     # ------------------------------------------------------------ plumbing
     def _on_error(self, req_id, code, text, contract):
@@ -252,6 +255,14 @@ class Broker:
             log.warning("IB pacing: more than 50 messages per second were sent; TWS may disconnect. %s", text)
         elif code in (1100, 1101, 1102):
             log.warning("TWS connectivity: %s", text)
+
+    def _on_fill(self, trade: Trade, fill):
+        e = fill.execution
+        key = (e.acctNumber, fill.contract.conId)
+        self._unposted[key] = self._unposted.get(key, 0.0) + (e.shares if e.side == "BOT" else -e.shares)
+
+    def _on_position(self, position):
+        self._unposted.pop((position.account, position.contract.conId), None)
 
     def run(self, coro):
         """Run a coroutine to completion from blocking code, also inside Jupyter's running loop."""
@@ -309,6 +320,7 @@ class Broker:
         s = self.settings
         s.check_port()
         self._tickers.clear()  # subscriptions end with the connection they were made on
+        self._unposted.clear()  # TWS reports every position afresh on connecting
         self._all_open = None
         errors = self._errors.setdefault(-1, [])
         errors.clear()
@@ -596,6 +608,12 @@ class Broker:
     def held(self, contract: Contract) -> float:
         """Shares of ``contract`` the account holds, as TWS last reported (it pushes every change)."""
         return sum(p.position for p in self.ib.positions(self.account) if p.contract.conId == contract.conId)
+
+    def unposted(self, contract: Contract) -> float:
+        """Shares by which this session's own fills of ``contract`` have changed the account's holding
+        since TWS last reported its position (bought positive, sold negative): TWS reports a fill's new
+        position in a message of its own, which may come after the order's Filled status."""
+        return self._unposted.get((self.account, contract.conId), 0.0)
 
     async def known_orders_async(self, ref_prefix: str) -> KnownOrders:
         """Every order TWS knows (open, of any client, or completed today) whose orderRef starts with

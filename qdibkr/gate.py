@@ -78,6 +78,13 @@ class Gate:
             return e.breaches
         return []
 
+    def _held(self, contract, side: Side) -> int:
+        """The account's holding as this order's rules must see it: as TWS last reported it, with this
+        session's fills that TWS has not yet reported in a position counted against the order only
+        (bought shares for a buy's max_position, sold ones for a sale), never for it."""
+        unposted = self.broker.unposted(contract)
+        return int(self.broker.held(contract) + (max(unposted, 0) if side == Side.BUY else min(unposted, 0)))
+
     async def _judge(self, symbol, side, quantity, limit, strategy, market_type, signal, dry_run) -> Admitted:
         risk = self.risk()
         sym, contract, lot = await self.broker.contract_async(symbol, market_type)
@@ -88,12 +95,12 @@ class Gate:
             rate = 1.0 if sym.currency == "USD" else self.broker.rate_to_base(sym.currency)
             notional = quantity * price * rate
         at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age)
-        held = int(self.broker.held(contract))  # after that await: a fill meanwhile is in one or the other
+        held = self._held(contract, side)  # after that await: a fill meanwhile is in one or the other
         if side == Side.SELL and quantity > held - sum(n for _, s, n in at_tws if s == Side.SELL):
             # TWS reports a fill's new position in a message of its own, which may still be on its way
             # (a close sent the moment its open filled): one round trip, then measure again before refusing.
             await self.broker.settle_async()
-            held = int(self.broker.held(contract))
+            held = self._held(contract, side)
         known_refs = {ref for ref, _, _ in at_tws if ref}
         now = self.clock() if self.clock else (await self.broker.server_time_async()).timestamp()
         day = trading_day(sym.market, now)
