@@ -54,13 +54,15 @@ HK_MARKET_RULE = 1723  # a plausible id for SEHK's ladder: no published capture 
 #   "26" per valid exchange, tradingHours "20221229:0400-20221229:2000;...;20230103:0400-20230103:2000"
 #   and liquidHours "...0930-...1600": six calendar days from today, CLOSED on days without a session
 #   (none at the end: see the AAPL capture below).
-# - ib-api-reloaded/ib_async, ib_async/contract.py (ContractDetails._parseSessions): the same six-day
-#   form recorded on Sunday 2024-07-21 ("20240721:CLOSED;20240722:0400-20240722:2000;...;20240726").
-# - rust-ibapi, commit 4512f99e (2025-03-24), src/transport/connection/tests.rs: AAPL on SMART recorded
-#   on Sunday 2025-03-23 at 22:21 GMT: minTick 0.01, US/Eastern, ISIN US0378331005, minSize and
-#   sizeIncrement 0.0001 (fractional shares), suggestedSizeIncrement 100, and hours for Monday 24 to
-#   Friday 28 March: a trailing weekend is left out. (It also starts on Monday: TWS had already moved
-#   to the next trading day on that Sunday evening; the simulator starts on the exchange's date.)
+# - ib-api-reloaded/ib_async, ib_async/contract.py (ContractDetails._parseSessions): its docstring shows
+#   the same six-day form from Sunday 2024-07-21 ("20240721:CLOSED;20240722:0400-20240722:2000;...;
+#   20240726:0400-20240726:2000").
+# - rust-ibapi, commit 4512f99e (2025-03-24), src/transport/connection/tests.rs: AAPL on SMART in a
+#   session whose handshake reads "20250323 22:21:01 Greenwich Mean Time" (a Sunday evening in New
+#   York): minTick 0.01, US/Eastern, ISIN US0378331005, minSize and sizeIncrement 0.0001 (fractional
+#   shares), suggestedSizeIncrement 100, and hours for Monday 24 to Friday 28 March: a trailing
+#   weekend is left out. (It also starts on Monday: TWS had already moved to the next trading day
+#   that Sunday evening; the simulator starts on the exchange's date.)
 # - IB's API docs, "Trading Schedule TimeZoneId" (interactivebrokers.github.io/tws-api/contract_details.html):
 #   TWS sends the schedule's zone ids as-is: "US/Eastern", "Hongkong", "Japan", "MET", ... (tz database
 #   links, not the canonical IANA names).
