@@ -65,7 +65,9 @@ def backtrader_trades(bars: dict[str, pd.DataFrame], *, fast: int, slow: int, no
         params = (("stocklike", True), ("commtype", bt.CommInfoBase.COMM_FIXED))
 
         def _getcommission(self, size, price, pseudoexec):
-            return commission(currency, abs(size), abs(size) * price)
+            # The broker fills at the bar the feeds stand on; every symbol here trades on one calendar.
+            day = bt.num2date(cerebro.datas[0].datetime[0]).date()
+            return commission(currency, "BUY" if size > 0 else "SELL", abs(size), abs(size) * price, day)
 
     class SmaCrossover(bt.Strategy):
         def __init__(self):

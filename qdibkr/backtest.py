@@ -17,7 +17,8 @@
   the deciding bar's close (``fill="close"``); the result states which. An order
   decided on a symbol's last bar has no next bar: it is listed in ``pending``.
 - An order fills whole at that price (no slippage) and pays
-  ``qdibkr.commissions.commission``, the simulated gateway's fixed pricing.
+  ``qdibkr.commissions.commission``: IB's fixed pricing plus the fees it passes
+  on, at the rates in force on the fill's date, as the simulated gateway charges.
 - Cash is not checked: orders follow the sizing rule and cash may go below
   zero (``metrics.min_cash`` shows whether it did).
 - Positions are valued at each bar's close (a symbol without a bar keeps its
@@ -205,14 +206,17 @@ def simulate(open_: pd.DataFrame, close: pd.DataFrame, targets: pd.DataFrame, *,
     quantity = done["quantity"].to_numpy()
     price = prices[at, cols]
     value = quantity * price
-    fees = np.array([commission(currency, q, v) for q, v in zip(quantity, value)], dtype=float)
+    sides = done["side"].to_numpy()
+    trade_days = close.index[at].date  # the bars are in the exchange's zone: each fill's local trade date
+    fees = np.array([commission(currency, s, q, v, d) for s, q, v, d in zip(sides, quantity, value, trade_days)],
+                    dtype=float)
     trades = pd.DataFrame({
         "time": close.index[at], "symbol": done["symbol"].to_numpy(), "signal": done["signal"].to_numpy(),
-        "side": done["side"].to_numpy(), "quantity": quantity, "price": price, "value": value,
+        "side": sides, "quantity": quantity, "price": price, "value": value,
         "commission": fees, "decided": done["time"].array,
     }, columns=TRADE_COLUMNS)
 
-    signed = np.where(done["side"].to_numpy() == "BUY", quantity, -quantity)
+    signed = np.where(sides == "BUY", quantity, -quantity)
     fills = np.zeros(close.shape)
     fills[at, cols] = signed  # one order per (bar, symbol) at most
     positions = np.cumsum(fills, axis=0)

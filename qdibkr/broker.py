@@ -467,7 +467,9 @@ class Broker:
             found = details[0].contract
             if sym.exchange == "SMART":
                 found.exchange = "SMART"
-            self._contracts[sym] = (found, details[0].minSize or 1)
+            # TWS's minSize is the board lot on SEHK, 0.0001 (fractional shares) for a US stock, and
+            # unset (0) before version 164; qdibkr trades whole shares, so those are lots of one.
+            self._contracts[sym] = (found, max(1, int(details[0].minSize)))
         contract, lot = self._contracts[sym]
         return sym, contract, lot
 

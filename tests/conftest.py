@@ -6,6 +6,7 @@ from ib_insync import IB, util
 from qdibkr.broker import until
 from qdibkr.ibkr import IBKR
 from qdibkr.sim import SimGateway
+from qdibkr.sim.clock import SimClock
 from qdibkr.store import Store
 
 
@@ -80,3 +81,20 @@ def wait_until(ib: IB, condition, timeout: float = 5.0):
     """
     if not util.run(until(ib, condition, timeout)):
         raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def gateway_at(tmp_path):
+    """Start simulated gateways whose clocks begin at a given instant (POSIX seconds), whatever the host's
+    date: for what depends on the day (trading hours, fee rates). Each is stopped afterwards."""
+    gateways = []
+
+    def _start(start: float) -> SimGateway:
+        gw = SimGateway(port=0, state_path=str(tmp_path / f"sim-state-{len(gateways)}.json"), tick_interval=0.02)
+        gw.clock = gw.broker.clock = SimClock(start=start)
+        gateways.append(gw.start_in_thread())
+        return gw
+
+    yield _start
+    for gw in gateways:
+        gw.stop()

@@ -1,5 +1,6 @@
 """The vectorised backtest on small cases worked out by hand: every fill, commission and metric."""
 
+import datetime as dt
 import math
 
 import numpy as np
@@ -37,29 +38,31 @@ def test_round_trip_filled_at_next_opens_with_us_commissions():
     # Decided at bar 1's close (11.50): 1,000 buys floor(1000 / 11.5) = 86 shares, filled at bar 2's open.
     assert trades[["signal", "side", "quantity", "price", "value", "commission"]].values.tolist() == [
         ["open_long", "BUY", 86, 12.0, 1032.0, 1.0],   # 86 x 0.005 = 0.43: the USD 1 minimum
-        ["close_long", "SELL", 86, 14.0, 1204.0, 1.0],
+        # USD 1 + SEC fee 1,204 x 27.80 per million = 0.033 -> 0.04 + FINRA TAF 86 x 0.000166 = 0.014 -> 0.02
+        ["close_long", "SELL", 86, 14.0, 1204.0, 1.06],
     ]
     assert list(trades["time"]) == [close.index[2], close.index[4]]
     assert list(trades["decided"]) == [close.index[1], close.index[3]]
-    equity = [10_000, 10_000, 8_967 + 86 * 12.5, 8_967 + 86 * 13.5, 10_170, 10_170]
+    equity = [10_000, 10_000, 8_967 + 86 * 12.5, 8_967 + 86 * 13.5, 10_169.94, 10_169.94]
     assert result.equity.tolist() == pytest.approx(equity)
-    assert result.cash.tolist() == pytest.approx([10_000, 10_000, 8_967, 8_967, 10_170, 10_170])
+    assert result.cash.tolist() == pytest.approx([10_000, 10_000, 8_967, 8_967, 10_169.94, 10_169.94])
     assert result.positions["AAPL"].tolist() == [0, 0, 86, 86, 0, 0]
 
     m = result.metrics
     returns = np.diff(equity, prepend=10_000) / np.r_[10_000, equity[:-1]]
     assert m.fill == "next open" and m.bars == 6 and m.periods_per_year == 252
-    assert m.total_return == pytest.approx(0.017)
-    assert m.cagr == pytest.approx(1.017 ** (252 / 6) - 1)
+    assert m.total_return == pytest.approx(0.016994)
+    assert m.cagr == pytest.approx(1.016994 ** (252 / 6) - 1)
     assert m.volatility == pytest.approx(returns.std(ddof=1) * math.sqrt(252))
     assert m.sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(252))
     assert math.isnan(m.sortino)  # no losing bar
     assert m.max_drawdown == 0 and m.drawdown_peak is None and m.drawdown_trough is None
     assert (m.trades, m.round_trips, m.win_rate) == (2, 1, 1.0)
-    assert result.round_trips["pnl"].tolist() == pytest.approx([1204 - 1032 - 2])
+    assert result.round_trips["pnl"].tolist() == pytest.approx([1204 - 1032 - 2.06])
     assert m.exposure == pytest.approx(2 / 6)
     assert m.turnover == pytest.approx((1032 + 1204) / np.mean(equity) / (6 / 252))
-    assert m.commissions == 2.0 and m.min_cash == 8_967 and m.final_equity == 10_170
+    assert m.commissions == pytest.approx(2.06) and m.min_cash == 8_967
+    assert m.final_equity == pytest.approx(10_169.94)
 
 
 def test_fill_at_close_and_the_worst_drawdown_with_its_dates():
@@ -67,15 +70,15 @@ def test_fill_at_close_and_the_worst_drawdown_with_its_dates():
     result = run({"MSFT": [9, 9, 9, 9, 9]}, close, {"MSFT": [1, 1, 1, 1, 0]}, cash=10_000, notional=1_000,
                  fill="close")
     assert result.trades[["signal", "quantity", "price", "commission"]].values.tolist() == [
-        ["open_long", 100, 10.0, 1.0], ["close_long", 100, 11.0, 1.0]]
-    assert result.equity.tolist() == pytest.approx([9_999, 9_799, 9_899, 10_199, 10_098])
+        ["open_long", 100, 10.0, 1.0], ["close_long", 100, 11.0, 1.06]]  # the sale: SEC fee 0.04, TAF 0.02
+    assert result.equity.tolist() == pytest.approx([9_999, 9_799, 9_899, 10_199, 10_097.94])
     m = result.metrics
     assert m.fill == "close"
     assert m.max_drawdown == pytest.approx(9_799 / 10_000 - 1)
     assert m.drawdown_peak is None  # the peak was the starting cash
     assert m.drawdown_trough == close.index[1] and m.drawdown_recovery == close.index[3]
-    assert result.drawdown.iloc[-1] == pytest.approx(10_098 / 10_199 - 1)
-    path = np.array([10_000, 9_999, 9_799, 9_899, 10_199, 10_098])  # starting cash, then each bar
+    assert result.drawdown.iloc[-1] == pytest.approx(10_097.94 / 10_199 - 1)
+    path = np.array([10_000, 9_999, 9_799, 9_899, 10_199, 10_097.94])  # starting cash, then each bar
     returns = np.diff(path) / path[:-1]
     downside = math.sqrt(np.mean(np.minimum(returns, 0) ** 2))
     assert m.sortino == pytest.approx(returns.mean() / downside * math.sqrt(252))
@@ -89,22 +92,32 @@ def test_hk_board_lots_and_the_hkd_18_minimum():
     result = run(opens, close, {"0005.HK": [1, 1, 1, 1], "0700.HK": [1, 1, 0, 0]}, cash=1_000_000,
                  notional=100_000, lots=lots)
     assert result.trades[["symbol", "signal", "quantity", "price", "value", "commission"]].values.tolist() == [
-        # floor(100,000 / (5 x 400)) = 50 lots; 0.08% of 102,000 = 81.60
-        ["0005.HK", "open_long", 20_000, 5.1, 102_000.0, 81.6],
-        # floor(100,000 / (380 x 100)) = 2 lots; 0.08% of 77,000 = 61.60
-        ["0700.HK", "open_long", 200, 385.0, 77_000.0, 61.6],
-        ["0700.HK", "close_long", 200, 405.0, 81_000.0, 64.8],
+        # floor(100,000 / (5 x 400)) = 50 lots; 0.08% of 102,000 = 81.60, stamp duty 102,
+        # SFC levy 0.0027% = 2.754 -> 2.75, AFRC levy 0.00015% = 0.153 -> 0.15
+        ["0005.HK", "open_long", 20_000, 5.1, 102_000.0, 186.5],
+        # floor(100,000 / (380 x 100)) = 2 lots; 61.60 + 77 + 2.079 -> 2.08 + 0.1155 -> 0.12
+        ["0700.HK", "open_long", 200, 385.0, 77_000.0, 140.8],
+        # sales pay the same: 64.80 + 81 + 2.187 -> 2.19 + 0.1215 -> 0.12
+        ["0700.HK", "close_long", 200, 405.0, 81_000.0, 148.11],
     ]
     small = run({"0005.HK": [5.0, 5.25]}, close.iloc[:2, :1], {"0005.HK": [1, 1]}, notional=5_000, lots=lots)
-    assert small.trades[["quantity", "value", "commission"]].values.tolist() == [[800, 4_200.0, 18.0]]  # 3.36 < 18
+    # 0.08% = 3.36 < HKD 18; stamp duty 4.2 rounds up to 5; levies 0.11 and 0.01
+    assert small.trades[["quantity", "value", "commission"]].values.tolist() == [[800, 4_200.0, 23.12]]
 
 
 def test_commissions_are_the_simulated_gateways():
     aapl, tencent = catalogue.find("AAPL")[0], catalogue.find("700", exchange="SEHK")[0]
+    now = dt.datetime(2026, 6, 1, 15, tzinfo=dt.timezone.utc).timestamp()
     for listing, quantity, value in [(aapl, 10, 2_000.0), (aapl, 1_000, 200_000.0), (aapl, 3, 50.0),
                                      (tencent, 100, 40_000.0), (tencent, 10_000, 4_000_000.0)]:
-        assert commission_due(listing, quantity, value) == commission(listing.currency, quantity, value)
-    assert commission("USD", 3, 50.0) == 0.5  # at most 1% of the value
+        for side in ("BUY", "SELL"):
+            assert commission_due(listing, side, quantity, value, now) == \
+                commission(listing.currency, side, quantity, value, dt.date(2026, 6, 1))
+    assert commission("USD", "BUY", 3, 50.0, dt.date(2026, 6, 1)) == 0.5  # at most 1% of the value
+    # The rates of the trade's date in the exchange's zone: 02:00 UTC on 4 April 2026 is still 3 April in
+    # New York, before the SEC fee of USD 20.60 per million (4.12 on this sale) came in.
+    april_4_utc = dt.datetime(2026, 4, 4, 2, tzinfo=dt.timezone.utc).timestamp()
+    assert commission_due(aapl, "SELL", 1_000, 200_000.0, april_4_utc) == 5.0 + 0.2  # commission + TAF
 
 
 def test_adds_and_reductions_trade_whole_units_of_the_opening_size():

@@ -109,7 +109,9 @@ def test_each_signal_type_trades_and_positions_follow_fills(store, gateway):
     [position] = store.positions("sma")
     assert position.quantity == 0
     fills = store.fills("sma")
-    assert [f.side for f in fills] == ["BUY", "BUY", "SELL", "SELL"] and sum(f.commission for f in fills) == 4.0
+    assert [f.side for f in fills] == ["BUY", "BUY", "SELL", "SELL"]
+    # USD 1 minimum each; sales add the SEC fee and FINRA TAF of their day (qdibkr.commissions)
+    assert [f.commission for f in fills[:2]] == [1.0, 1.0] and all(1.0 <= f.commission < 1.2 for f in fills[2:])
     assert position.realized_pnl == pytest.approx(sum(f.realized_pnl for f in fills if f.side == "SELL"))
     assert gateway.broker.position("DU1234567", 265598).quantity == 0
 

@@ -1,6 +1,7 @@
 """The simulated gateway, driven by the real ib_insync client over a real loopback socket."""
 
 import asyncio
+import math
 import socket
 import struct
 import time
@@ -103,7 +104,7 @@ def test_qualify_us_and_hk_contracts(ib):
     assert aapl.conId == 265598 and aapl.primaryExchange == "NASDAQ"
     assert tencent.conId > 0 and tencent.currency == "HKD"
     [details] = ib.reqContractDetails(tencent)
-    assert details.minSize == 100 and details.timeZoneId == "Asia/Hong_Kong"
+    assert details.minSize == 100 and details.timeZoneId == "Hongkong"  # TWS's zone ids, not IANA's
     assert "0930" in details.liquidHours
     [hsbc] = ib.reqContractDetails(Stock("5", "SEHK", "HKD"))
     assert hsbc.minSize == 400
@@ -212,7 +213,10 @@ def test_hk_order_commission_minimum_and_sell_realises_pnl(ib):
     buy = ib.placeOrder(tencent, MarketOrder("BUY", 100))
     wait_until(ib, lambda: buy.isDone() and buy.fills and buy.fills[-1].commissionReport.execId)
     value = buy.fills[0].execution.price * 100
-    assert buy.fills[0].commissionReport.commission == pytest.approx(max(18.0, round(0.0008 * value, 2)))
+    # IB's 0.08% (at least HKD 18), stamp duty rounded up to a dollar, the SFC and AFRC levies
+    fees = max(18.0, round(0.0008 * value, 2)) + math.ceil(0.001 * value) + round(0.000027 * value, 2) \
+        + round(0.0000015 * value, 2)
+    assert buy.fills[0].commissionReport.commission == pytest.approx(fees, abs=0.011)
     assert buy.fills[0].commissionReport.currency == "HKD"
     sell = ib.placeOrder(tencent, MarketOrder("SELL", 100))
     wait_until(ib, lambda: sell.isDone() and sell.fills and sell.fills[-1].commissionReport.execId)

@@ -79,11 +79,11 @@ def test_us_ticks():
 
 def test_trading_hours_show_holidays_half_days_and_lunch():
     now = datetime(2026, 11, 25, 10, 0, tzinfo=timezone.utc)
-    trading, liquid = catalogue.trading_hours(AAPL, now, days=4)
+    trading, liquid = catalogue.trading_hours(AAPL, now, days=4)  # Saturday the 28th, at the end, left out
     assert trading == ("20261125:0400-20261125:2000;20261126:CLOSED;"
-                       "20261127:0400-20261127:1700;20261128:CLOSED")
+                       "20261127:0400-20261127:1700")
     assert liquid == ("20261125:0930-20261125:1600;20261126:CLOSED;"
-                      "20261127:0930-20261127:1300;20261128:CLOSED")
+                      "20261127:0930-20261127:1300")
     trading, liquid = catalogue.trading_hours(TENCENT, now, days=1)
     assert trading == liquid == "20261125:0930-20261125:1200;20261125:1300-20261125:1600"
 

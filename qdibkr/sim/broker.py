@@ -20,10 +20,10 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
   on later passes. Marketable limit orders do the same up to their limit. A
   resting limit fills at its limit price, up to the displayed size per pass,
   once the price path has crossed it.
-- Commissions follow IB's fixed pricing, charged so that an order's total is
-  the rate times its cumulative size, never below the per-order minimum:
-  US USD 0.005 per share, minimum USD 1, at most 1% of the value;
-  HK 0.08% of the value, minimum HKD 18.
+- Commissions follow IB's fixed pricing plus the fees IB passes on (US: SEC fee
+  and FINRA TAF on sales; HK: stamp duty and levies), as ``qdibkr.commissions``
+  works them out on the order's cumulative size and value: each fill is charged
+  the order's new total less what its earlier fills paid.
 - Average cost includes commissions; realised P&L is net of them (as IB does).
 - DAY orders still open at the exchange's 16:00 local close are cancelled.
 - P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
@@ -184,9 +184,11 @@ def reject(reason: str) -> Rejection:
     return Rejection(201, f"Order rejected - reason:{reason}")
 
 
-def commission_due(listing: Listing, quantity: int, value: float) -> float:
-    """An order's total commission once ``quantity`` shares worth ``value`` have filled."""
-    return commission(listing.currency, quantity, value)
+def commission_due(listing: Listing, side: str, quantity: int, value: float, now: float) -> float:
+    """An order's total commission and fees once ``quantity`` shares worth ``value`` have filled, at ``now``
+    (the rates in force on that day in the exchange's zone): what IB's commission reports add up to."""
+    day = dt.datetime.fromtimestamp(now, ZoneInfo(listing.time_zone)).date()
+    return commission(listing.currency, side, quantity, value, day)
 
 
 def to_usd(amount: float, currency: str) -> float:
@@ -342,7 +344,7 @@ class Broker:
         else:
             price = request.limit_price if request.order_type == "LMT" else quote.ask
             cost = new_open * price
-            cost += commission_due(listing, new_open, cost)
+            cost += commission_due(listing, "BUY", new_open, cost, now)
             reserved = sum(self._reservation(o, now) for o in others
                            if o.action == "BUY" and o.listing.currency == listing.currency)
             available = self.accounts[account].cash.get(listing.currency, 0.0) - reserved
@@ -412,7 +414,8 @@ class Broker:
         # Rounded as TWS reports it: one fill at 226.52 averages 226.52, not 226.52000000000004.
         order.avg_fill_price = round((value_before + price * shares) / order.filled, 8)
         order.last_fill_price = price
-        total_commission = commission_due(listing, order.filled, order.avg_fill_price * order.filled)
+        total_commission = commission_due(listing, order.action, order.filled,
+                                          order.avg_fill_price * order.filled, now)
         commission = round(total_commission - order.commission, 2)
         order.commission = total_commission
 

@@ -31,18 +31,54 @@ from ..hours import load_calendar
 
 # ------------------------------------------------------------------ listings
 
-US_EXCHANGES = ("SMART,AMEX,NYSE,CBOE,PHLX,ISE,CHX,ARCA,ISLAND,DRCTEDGE,BEX,BATS,EDGEA,"
-                "BYX,IEX,EDGX,FOXRIVER,PEARL,NYSENAT,LTSE,MEMX,IBEOS,OVERNIGHT,PSX")
-US_ORDER_TYPES = ("ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,CASHQTY,COND,CONDORDER,"
-                  "DAY,DEACT,DEACTDIS,DEACTEOD,DIS,GAT,GTC,GTD,GTT,HID,IOC,LIT,LMT,LOC,MIT,MKT,MOC,"
-                  "MTL,NGCOMB,NONALGO,OCA,OPG,PEGMID,POSTONLY,REL,RTH,SCALE,SNAPMID,SNAPMKT,STP,STPLMT,"
-                  "TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF")
+# validExchanges and orderTypes of a SMART US stock as real TWS sent them for AAPL on 2025-03-23
+# (wboayue/rust-ibapi, commit 4512f99e, src/transport/connection/tests.rs, AAPL_CONTRACT).
+US_EXCHANGES = ("SMART,AMEX,NYSE,CBOE,PHLX,ISE,CHX,ARCA,NASDAQ,DRCTEDGE,BEX,BATS,EDGEA,BYX,IEX,EDGX,FOXRIVER,"
+                "PEARL,NYSENAT,LTSE,MEMX,IBEOS,OVERNIGHT,TPLUS0,PSX")
+US_ORDER_TYPES = ("ACTIVETIM,AD,ADDONT,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,BENCHPX,CASHQTY,COND,CONDORDER,"
+                  "DARKONLY,DARKPOLL,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,DUR,GAT,GTC,GTD,GTT,HID,IBKRATS,ICE,IMB,IOC,"
+                  "LIT,LMT,LOC,MIDPX,MIT,MKT,MOC,MTL,NGCOMB,NODARK,NONALGO,OCA,OPG,OPGREROUT,PEGBENCH,PEGMID,"
+                  "POSTATS,POSTONLY,PREOPGRTH,PRICECHK,REL,REL2MID,RELPCTOFS,RPI,RTH,SCALE,SCALEODD,SCALERST,"
+                  "SIZECHK,SMARTSTG,SNAPMID,SNAPMKT,SNAPREL,STP,STPLMT,SWEEP,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,"
+                  "WHATIF")
 HK_ORDER_TYPES = ("ACTIVETIM,AD,ADJUST,ALERT,ALLOC,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,DEACTDIS,"
                   "DEACTEOD,GAT,GTC,GTD,GTT,HID,IOC,LIT,LMT,MIT,MKT,NONALGO,OCA,SCALE,STP,STPLMT,"
                   "TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF")
 
-US_MARKET_RULE = 26
-HK_MARKET_RULE = 1723  # a plausible id for SEHK's ladder
+US_MARKET_RULE = 26  # real TWS: "26,26,...", one per valid exchange (rust-ibapi's TSLA capture, below)
+HK_MARKET_RULE = 1723  # a plausible id for SEHK's ladder: no published capture of an SEHK stock's rule id found
+
+# What real TWS reports in contract details, from published captures of its messages:
+# - wboayue/rust-ibapi, commit a3c0c478 (2023-01-03), src/contracts/tests.rs: TSLA on SMART recorded
+#   2022-12-29: minTick 0.01, timeZoneId "US/Eastern", secIdList 1|ISIN|US88160R1014, marketRuleIds
+#   "26" per valid exchange, tradingHours "20221229:0400-20221229:2000;...;20230103:0400-20230103:2000"
+#   and liquidHours "...0930-...1600": six calendar days from today, CLOSED on days without a session
+#   (none at the end: see the AAPL capture below).
+# - ib-api-reloaded/ib_async, ib_async/contract.py (ContractDetails._parseSessions): its docstring shows
+#   the same six-day form from Sunday 2024-07-21 ("20240721:CLOSED;20240722:0400-20240722:2000;...;
+#   20240726:0400-20240726:2000").
+# - rust-ibapi, commit 4512f99e (2025-03-24), src/transport/connection/tests.rs: AAPL on SMART in a
+#   session whose handshake reads "20250323 22:21:01 Greenwich Mean Time" (a Sunday evening in New
+#   York): minTick 0.01, US/Eastern, ISIN US0378331005, minSize and sizeIncrement 0.0001 (fractional
+#   shares), suggestedSizeIncrement 100, and hours for Monday 24 to Friday 28 March: a trailing
+#   weekend is left out. (It also starts on Monday: TWS had already moved to the next trading day
+#   that Sunday evening; the simulator starts on the exchange's date.)
+# - IB's API docs, "Trading Schedule TimeZoneId" (interactivebrokers.github.io/tws-api/contract_details.html):
+#   TWS sends the schedule's zone ids as-is: "US/Eastern", "Hongkong", "Japan", "MET", ... (tz database
+#   links, not the canonical IANA names).
+# - IB's API docs, "Minimum Price Increment" (interactivebrokers.github.io/tws-api/minimum_increment.html):
+#   minTick is "the smallest possible minimum increment encountered on any exchange or price"; the price
+#   at hand follows the market rule. US stocks report 0.01 (the captures above); for SEHK stocks this
+#   catalogue reports the spread table's smallest step, 0.001 (no published SEHK capture was found).
+TWS_TIME_ZONE_IDS = {"America/New_York": "US/Eastern", "Asia/Hong_Kong": "Hongkong"}
+US_MIN_TICK = 0.01
+US_SIZE_RULES = (0.0001, 0.0001, 100)  # minSize, sizeIncrement, suggestedSizeIncrement
+
+# The venue a fill reports (execDetails' exchange, and its contract's): an exchange code, such as
+# "ISLAND" for Nasdaq's book in rust-ibapi's recorded fill of a SMART TSLA order on 2023-02-24
+# (commit ab912e08, src/orders/tests.rs). The simulator fills a US stock on its listing market's
+# own book, a Hong Kong stock on SEHK.
+EXECUTION_VENUES = {"NASDAQ": "ISLAND", "NYSE": "NYSE", "ARCA": "ARCA", "SEHK": "SEHK"}
 
 # Price ladders as IB's reqMarketRule reports them: (low edge, increment) rows,
 # each increment applying from its low edge up to the next row's. The US rule is
@@ -77,9 +113,12 @@ class Listing:
     category: str
     subcategory: str
     stock_type: str  # "COMMON" or "ETF"
-    board_lot: int  # minSize / sizeIncrement: 1 in the US, the board lot in HK
+    board_lot: int  # orders trade in multiples of it: 1 in the US, the board lot in HK
     calendar: str  # exchange_calendars name: "XNYS" or "XHKG"
-    time_zone: str  # IANA name of the exchange's zone
+    time_zone: str  # IANA name of the exchange's zone (contract details send TWS's id for it)
+    isin: str  # contract details' secIdList
+    min_tick: float  # contract details' minTick
+    size_rules: tuple[float, float, float]  # minSize, sizeIncrement, suggestedSizeIncrement
     base_price: float  # the price model's level on 2026-01-01
     annual_vol: float  # the price model's annualised volatility
     market_rule_id: int  # key into MARKET_RULES
@@ -89,73 +128,78 @@ class Listing:
     sec_type: str = "STK"
 
 
-def _us(symbol, con_id, primary, long_name, industry, category, subcategory,
+def _us(symbol, con_id, isin, primary, long_name, industry, category, subcategory,
         base_price, annual_vol, daily_volume, stock_type="COMMON") -> Listing:
     return Listing(
         symbol=symbol, con_id=con_id, exchange="SMART", primary_exchange=primary, currency="USD",
         local_symbol=symbol, trading_class="NMS" if primary == "NASDAQ" else symbol,
         long_name=long_name, industry=industry, category=category, subcategory=subcategory,
         stock_type=stock_type, board_lot=1, calendar="XNYS", time_zone="America/New_York",
+        isin=isin, min_tick=US_MIN_TICK, size_rules=US_SIZE_RULES,
         base_price=base_price, annual_vol=annual_vol, market_rule_id=US_MARKET_RULE,
         valid_exchanges=US_EXCHANGES, order_types=US_ORDER_TYPES, daily_volume=daily_volume)
 
 
-def _hk(symbol, con_id, long_name, industry, category, subcategory, board_lot,
+def _hk(symbol, con_id, isin, long_name, industry, category, subcategory, board_lot,
         base_price, annual_vol, daily_volume, stock_type="COMMON") -> Listing:
     return Listing(
         symbol=symbol, con_id=con_id, exchange="SEHK", primary_exchange="SEHK", currency="HKD",
         local_symbol=symbol, trading_class=symbol,
         long_name=long_name, industry=industry, category=category, subcategory=subcategory,
         stock_type=stock_type, board_lot=board_lot, calendar="XHKG", time_zone="Asia/Hong_Kong",
+        isin=isin, min_tick=MARKET_RULES[HK_MARKET_RULE][0][1],
+        # SEHK orders trade in whole board lots (odd lots go to a separate book), so TWS's size
+        # fields are the board lot; qdibkr reads minSize as the board lot (qdibkr.broker).
+        size_rules=(board_lot, board_lot, board_lot),
         base_price=base_price, annual_vol=annual_vol, market_rule_id=HK_MARKET_RULE,
         valid_exchanges="SEHK", order_types=HK_ORDER_TYPES, daily_volume=daily_volume)
 
 
 # US conIds are IB's real ones; the HK conIds are plausible stand-ins.
 CATALOGUE: tuple[Listing, ...] = (
-    _us("AAPL", 265598, "NASDAQ", "APPLE INC", "Technology", "Computers", "Computers",
+    _us("AAPL", 265598, "US0378331005", "NASDAQ", "APPLE INC", "Technology", "Computers", "Computers",
         270.0, 0.25, 50_000_000),
-    _us("MSFT", 272093, "NASDAQ", "MICROSOFT CORP", "Technology", "Software", "Applications Software",
-        500.0, 0.22, 20_000_000),
-    _us("TSLA", 76792991, "NASDAQ", "TESLA INC", "Consumer, Cyclical", "Auto Manufacturers",
+    _us("MSFT", 272093, "US5949181045", "NASDAQ", "MICROSOFT CORP", "Technology", "Software",
+        "Applications Software", 500.0, 0.22, 20_000_000),
+    _us("TSLA", 76792991, "US88160R1014", "NASDAQ", "TESLA INC", "Consumer, Cyclical", "Auto Manufacturers",
         "Auto-Cars/Light Trucks", 420.0, 0.55, 90_000_000),
-    _us("GOOGL", 208813719, "NASDAQ", "ALPHABET INC-CL A", "Communications", "Internet",
+    _us("GOOGL", 208813719, "US02079K3059", "NASDAQ", "ALPHABET INC-CL A", "Communications", "Internet",
         "Web Portals/ISP", 280.0, 0.28, 30_000_000),
-    _us("AMZN", 3691937, "NASDAQ", "AMAZON.COM INC", "Communications", "Internet",
+    _us("AMZN", 3691937, "US0231351067", "NASDAQ", "AMAZON.COM INC", "Communications", "Internet",
         "E-Commerce/Products", 230.0, 0.30, 40_000_000),
-    _us("NVDA", 4815747, "NASDAQ", "NVIDIA CORP", "Technology", "Semiconductors",
+    _us("NVDA", 4815747, "US67066G1040", "NASDAQ", "NVIDIA CORP", "Technology", "Semiconductors",
         "Electronic Compo-Semicon", 185.0, 0.45, 180_000_000),
-    _us("META", 107113386, "NASDAQ", "META PLATFORMS INC-CLASS A", "Communications", "Internet",
+    _us("META", 107113386, "US30303M1027", "NASDAQ", "META PLATFORMS INC-CLASS A", "Communications", "Internet",
         "Internet Content-Entmnt", 650.0, 0.35, 12_000_000),
-    _us("BRK B", 72063691, "NYSE", "BERKSHIRE HATHAWAY INC-CL B", "Financial", "Insurance",
+    _us("BRK B", 72063691, "US0846707026", "NYSE", "BERKSHIRE HATHAWAY INC-CL B", "Financial", "Insurance",
         "Reinsurance", 500.0, 0.15, 4_000_000),
-    _us("JPM", 1520593, "NYSE", "JPMORGAN CHASE & CO", "Financial", "Banks",
+    _us("JPM", 1520593, "US46625H1005", "NYSE", "JPMORGAN CHASE & CO", "Financial", "Banks",
         "Diversified Banking Inst", 300.0, 0.22, 9_000_000),
-    _us("SPY", 756733, "ARCA", "SPDR S&P 500 ETF TRUST", "Funds", "Equity Fund", "Large Cap",
+    _us("SPY", 756733, "US78462F1030", "ARCA", "SPDR S&P 500 ETF TRUST", "Funds", "Equity Fund", "Large Cap",
         660.0, 0.15, 70_000_000, stock_type="ETF"),
-    _us("QQQ", 320227571, "NASDAQ", "INVESCO QQQ TRUST SERIES 1", "Funds", "Equity Fund", "Large Cap",
-        600.0, 0.20, 45_000_000, stock_type="ETF"),
-    _us("IWM", 9579970, "ARCA", "ISHARES RUSSELL 2000 ETF", "Funds", "Equity Fund", "Small Cap",
+    _us("QQQ", 320227571, "US46090E1038", "NASDAQ", "INVESCO QQQ TRUST SERIES 1", "Funds", "Equity Fund",
+        "Large Cap", 600.0, 0.20, 45_000_000, stock_type="ETF"),
+    _us("IWM", 9579970, "US4642876555", "ARCA", "ISHARES RUSSELL 2000 ETF", "Funds", "Equity Fund", "Small Cap",
         240.0, 0.22, 30_000_000, stock_type="ETF"),
-    _hk("700", 37_180_700, "TENCENT HOLDINGS LTD", "Communications", "Internet",
+    _hk("700", 37_180_700, "KYG875721634", "TENCENT HOLDINGS LTD", "Communications", "Internet",
         "Internet Content-Entmnt", 100, 600.0, 0.35, 15_000_000),
-    _hk("5", 37_180_005, "HSBC HOLDINGS PLC", "Financial", "Banks", "Diversified Banking Inst",
+    _hk("5", 37_180_005, "GB0005405286", "HSBC HOLDINGS PLC", "Financial", "Banks", "Diversified Banking Inst",
         400, 100.0, 0.22, 20_000_000),
-    _hk("9988", 37_189_988, "ALIBABA GROUP HOLDING LTD", "Communications", "Internet",
+    _hk("9988", 37_189_988, "KYG017191142", "ALIBABA GROUP HOLDING LTD", "Communications", "Internet",
         "E-Commerce/Products", 100, 150.0, 0.45, 60_000_000),
-    _hk("1299", 37_181_299, "AIA GROUP LTD", "Financial", "Insurance", "Life/Health Insurance",
+    _hk("1299", 37_181_299, "HK0000069689", "AIA GROUP LTD", "Financial", "Insurance", "Life/Health Insurance",
         200, 75.0, 0.30, 25_000_000),
-    _hk("3690", 37_183_690, "MEITUAN-CLASS B", "Communications", "Internet", "E-Commerce/Services",
+    _hk("3690", 37_183_690, "KYG596691041", "MEITUAN-CLASS B", "Communications", "Internet", "E-Commerce/Services",
         100, 100.0, 0.50, 30_000_000),
-    _hk("388", 37_180_388, "HONG KONG EXCHANGES & CLEAR", "Financial", "Diversified Finan Serv",
+    _hk("388", 37_180_388, "HK0388045442", "HONG KONG EXCHANGES & CLEAR", "Financial", "Diversified Finan Serv",
         "Finance-Other Services", 100, 400.0, 0.32, 5_000_000),
-    _hk("941", 37_180_941, "CHINA MOBILE LTD", "Communications", "Telecommunications",
+    _hk("941", 37_180_941, "HK0941009539", "CHINA MOBILE LTD", "Communications", "Telecommunications",
         "Cellular Telecom", 500, 85.0, 0.20, 15_000_000),
-    _hk("1810", 37_181_810, "XIAOMI CORP-CLASS B", "Technology", "Computers", "Computers",
+    _hk("1810", 37_181_810, "KYG9830T1067", "XIAOMI CORP-CLASS B", "Technology", "Computers", "Computers",
         200, 45.0, 0.50, 150_000_000),
-    _hk("2318", 37_182_318, "PING AN INSURANCE GROUP CO-H", "Financial", "Insurance",
+    _hk("2318", 37_182_318, "CNE1000003X6", "PING AN INSURANCE GROUP CO-H", "Financial", "Insurance",
         "Multi-line Insurance", 500, 55.0, 0.35, 30_000_000),
-    _hk("2800", 37_182_800, "TRACKER FUND OF HONG KONG", "Funds", "Equity Fund", "Large Cap",
+    _hk("2800", 37_182_800, "HK2800008867", "TRACKER FUND OF HONG KONG", "Funds", "Equity Fund", "Large Cap",
         500, 26.0, 0.22, 60_000_000, stock_type="ETF"),
 )
 
@@ -228,6 +272,16 @@ def search(pattern: str) -> list[Listing]:
 def market_rule_ids(listing: Listing) -> str:
     """Contract details' marketRuleIds: one rule id per valid exchange, in the same order."""
     return ",".join([str(listing.market_rule_id)] * len(listing.valid_exchanges.split(",")))
+
+
+def time_zone_id(listing: Listing) -> str:
+    """Contract details' timeZoneId: TWS's name for the exchange's zone ("US/Eastern", "Hongkong")."""
+    return TWS_TIME_ZONE_IDS[listing.time_zone]
+
+
+def execution_venue(listing: Listing) -> str:
+    """The exchange code a fill of this listing reports (ISLAND for a NASDAQ stock)."""
+    return EXECUTION_VENUES[listing.primary_exchange]
 
 
 # ------------------------------------------------------------------ price ladder
@@ -357,11 +411,15 @@ def load_calendars():
         session_table(name)
 
 
-def trading_hours(listing: Listing, now: datetime, days: int = 7) -> tuple[str, str]:
+SCHEDULE_DAYS = 6  # TWS covers today and the next five calendar days, less closed days at the end
+
+
+def trading_hours(listing: Listing, now: datetime, days: int = SCHEDULE_DAYS) -> tuple[str, str]:
     """IB's (tradingHours, liquidHours) for ``days`` days from ``now``'s local date.
 
     Times are in the exchange's zone, days without a session read CLOSED:
-    ``"20261125:0400-20261125:2000;20261126:CLOSED;..."``. Liquid hours are the
+    ``"20261125:0400-20261125:2000;20261126:CLOSED;..."``, except at the end, where TWS leaves
+    them out (a span ending on a weekend ends on the Friday). Liquid hours are the
     regular session (two ranges on a day with a lunch break); trading hours add
     the extended hours where the exchange has them. A naive ``now`` is UTC.
     """
@@ -388,5 +446,8 @@ def trading_hours(listing: Listing, now: datetime, days: int = 7) -> tuple[str, 
             trading += _ranges(zone, [(table.ext_open[i], table.ext_close[i])])
         else:
             trading += _ranges(zone, regular)
+    while len(trading) > 1 and trading[-1].endswith(":CLOSED"):  # a closed day is one entry in each
+        trading.pop()
+        liquid.pop()
     return ";".join(trading), ";".join(liquid)
 

@@ -76,6 +76,8 @@ def _contract(listing: Listing, exchange: str) -> list:
 
 
 def contract_data(version: int, req_id: int, listing: Listing, now: float) -> list:
+    """A contract details message with what real TWS reports for the listing (see the sources at the top
+    of ``catalogue``): TWS's time-zone id, the ISIN, six days of trading and liquid hours."""
     trading_hours, liquid_hours = catalogue.trading_hours(listing, dt.datetime.fromtimestamp(now, dt.timezone.utc))
     fields = [CONTRACT_DATA]
     if version < 164:
@@ -87,7 +89,7 @@ def contract_data(version: int, req_id: int, listing: Listing, now: float) -> li
         listing.exchange, listing.currency, listing.local_symbol,
         listing.trading_class,  # marketName
         listing.trading_class, listing.con_id,
-        catalogue.min_tick(listing, listing.base_price),
+        listing.min_tick,
     ]
     if version < 164:
         fields.append(1)  # mdSizeMultiplier, obsolete
@@ -98,19 +100,20 @@ def contract_data(version: int, req_id: int, listing: Listing, now: float) -> li
         listing.long_name, listing.primary_exchange,
         "",  # contractMonth
         listing.industry, listing.category, listing.subcategory,
-        listing.time_zone, trading_hours, liquid_hours,
+        catalogue.time_zone_id(listing), trading_hours, liquid_hours,
         "", "",  # evRule, evMultiplier
-        0,  # number of secIds
+        1, "ISIN", listing.isin,  # secIdList: one tag-value pair
         1,  # aggGroup
         "", "",  # underSymbol, underSecType
         catalogue.market_rule_ids(listing),
         "",  # realExpirationDate
         listing.stock_type,
     ]
+    min_size, size_increment, suggested_size_increment = listing.size_rules
     if version == 163:
-        fields.append(listing.board_lot)  # suggestedSizeIncrement
+        fields.append(suggested_size_increment)
     if version >= 164:
-        fields += [listing.board_lot, listing.board_lot, listing.board_lot]  # minSize, sizeIncrement, suggestedSizeIncrement
+        fields += [min_size, size_increment, suggested_size_increment]
     return fields
 
 
@@ -226,8 +229,9 @@ def _completed_time(order: Order) -> str:
 
 def execution(req_id: int, ex: Execution) -> list:
     listing = catalogue.by_con_id(ex.con_id)
-    return [EXECUTION_DATA, req_id, ex.order_id, *_contract(listing, listing.primary_exchange),
-            ex.exec_id, ib_time(ex.time), ex.account, listing.primary_exchange, ex.side,
+    venue = catalogue.execution_venue(listing)  # the contract's exchange too, as TWS reports a fill
+    return [EXECUTION_DATA, req_id, ex.order_id, *_contract(listing, venue),
+            ex.exec_id, ib_time(ex.time), ex.account, venue, ex.side,
             number(ex.shares), ex.price, ex.perm_id, ex.client_id, 0,  # liquidation
             number(ex.cum_qty), ex.avg_price, ex.order_ref, "", "", "",  # evRule, evMultiplier, modelCode
             2]  # lastLiquidity: removed
