@@ -106,6 +106,27 @@ class Quote:
     delayed: bool
 
 
+def read_utc_execution_times(ib: IB):
+    """Make ib_insync read TWS's zone-less UTC execution times as UTC.
+
+    TWS lately sends an execution's time as ``20231214-20:57:37``, in UTC, and ib_insync reads any
+    time without a zone as the host's local time: a fill's time is then off by the host's UTC offset
+    (https://github.com/erdewit/ib_insync/issues/671, ib_async issue 230). This names the zone in
+    that one form before ib_insync parses it; the older ``20230224  12:04:56`` (TWS's local time) and
+    zoned times pass unchanged."""
+    decoder = ib.client.decoder
+    exec_details = decoder.handlers[11]
+    time_field = 15  # msgId, reqId, orderId, the 11 contract fields, execId, then the time
+
+    def read(fields):
+        text = fields[time_field]
+        if len(text) == 17 and text[8] == "-":
+            fields = [*fields[:time_field], f"{text[:8]} {text[9:]} UTC", *fields[time_field + 1:]]
+        exec_details(fields)
+
+    decoder.handlers[11] = read
+
+
 async def until(ib: IB, condition, timeout: float) -> bool:
     """Wait until ``condition()`` holds, re-checking after every message batch from TWS.
 
@@ -189,6 +210,7 @@ class Broker:
     def __init__(self, settings: Settings | None = None, **overrides):
         self.settings = settings or load_settings(**overrides)
         self.ib = IB()
+        read_utc_execution_times(self.ib)
         self.account = ""
         self._contracts: dict[Symbol, tuple[Contract, float]] = {}
         self._tickers: dict[Symbol, object] = {}  # streaming subscriptions kept for price_async
@@ -450,11 +472,17 @@ class Broker:
         """Open orders of every client connected to this TWS, as TWS reports them."""
         self._require_connection()
         await self._request("openOrders", self.ib.reqAllOpenOrdersAsync)
-        rows = [self._order_row(t) for t in self.ib.openTrades()]
+        rows = [self._order_row(t) for t in self.open_trades()]
         return frame(rows, list(OrderResult.__dataclass_fields__) + ["client_id", "account"])
 
     def orders(self) -> "pandas.DataFrame":
         return self.run(self.orders_async())
+
+    def open_trades(self) -> list[Trade]:
+        """This session's trades still working. Not ib_insync's ``openTrades()``, which keeps an order TWS
+        rejected: TWS reports it Inactive after the error (ib_insync issue 554), a state ib_insync
+        does not count as done."""
+        return [t for t in self.ib.openTrades() if t.orderStatus.status not in DONE_STATUSES]
 
     def _order_row(self, trade: Trade) -> dict:
         row = asdict(self._result(trade))
@@ -509,7 +537,7 @@ class Broker:
             self._all_open = loop.time(), listed
         mine = self.settings.client_id
         trades = [t for t in self._all_open[1] if t.order.clientId != mine and not t.isDone()]
-        trades += [t for t in self.ib.openTrades() if t.order.clientId == mine]
+        trades += [t for t in self.open_trades() if t.order.clientId == mine]
         return [(t.order.orderRef, t.order.action, t.order.totalQuantity - t.orderStatus.filled) for t in trades
                 if t.contract.conId == contract.conId and t.order.account in ("", self.account)]
 
@@ -585,7 +613,7 @@ class Broker:
 
     async def cancel_order_async(self, order_id: int) -> OrderResult:
         self._require_connection()
-        trade = next((t for t in self.ib.openTrades()
+        trade = next((t for t in self.open_trades()
                       if t.order.orderId == order_id and t.order.clientId == self.settings.client_id), None)
         if trade is None:
             raise UnknownOrder("order_id", f"no open order {order_id} was placed by client id "
