@@ -26,6 +26,9 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
   HK 0.08% of the value, minimum HKD 18.
 - Average cost includes commissions; realised P&L is net of them (as IB does).
 - DAY orders still open at the exchange's 16:00 local close are cancelled.
+- Order states as TWS reports them: an accepted order is PreSubmitted, then
+  Submitted once it works at the exchange (a market order that fills at once
+  goes straight to Filled); one refused with error 201 stays, Inactive.
 - P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
   since the position was opened, realised today, and daily P&L since the
   previous session's close (the quote's ``close``): positions held then count

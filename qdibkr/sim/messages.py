@@ -206,7 +206,8 @@ def open_order(version: int, order: Order, with_commission: bool = False) -> lis
               0,  # conditions
               *_adjusted(),
               "", "", "",  # softDollarTier name, value, displayName
-              0, True, False, 0, False]  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpToLimitPrice, usePriceMgmtAlgo
+              0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
+              0, False]  # discretionaryUpToLimitPrice, usePriceMgmtAlgo
     if version >= 159:
         fields.append("")  # duration
     if version >= 160:
@@ -244,7 +245,8 @@ def completed_order(version: int, order: Order) -> list:
               0,  # conditions
               UNSET, UNSET, 0, True, False,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPriceForHedge, isOmsContainer
               "", number(order.filled), UNSET_INTEGER, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
-              "Not an insider or substantial shareholder", False, False, 2**63 - 1,  # shareholder, imbalanceOnly, routeMarketableToBbo, parentPermId (none)
+              "Not an insider or substantial shareholder",  # shareholder
+              False, False, 2**63 - 1,  # imbalanceOnly, routeMarketableToBbo, parentPermId (none)
               _completed_time(order), order.completed_status]
     if version >= 170:
         fields += ["", "", "", "", ""]
