@@ -155,6 +155,23 @@ def test_cancelling_an_unknown_order_gets_10147(ib):
     assert seen == [("error", 987654, 10147, "OrderId 987654 that needs to be cancelled is not found.")]
 
 
+def test_reusing_the_id_of_a_finished_order_gets_tws_texts(ib):
+    seen = record(ib)
+    contract = aapl(ib)
+    filled = ib.placeOrder(contract, MarketOrder("BUY", 10))
+    resting = ib.placeOrder(contract, resting_buy(ib, contract))
+    wait_until(ib, lambda: filled.isDone() and resting.orderStatus.status == "Submitted")
+    ib.cancelOrder(resting.order)
+    wait_until(ib, lambda: resting.isDone())
+    # Past ib_insync's IB.placeOrder, which refuses to resend a finished trade itself:
+    ib.client.placeOrder(filled.order.orderId, contract, filled.order)  # a modification of a filled order
+    ib.client.placeOrder(resting.order.orderId, contract, resting.order)  # the id of a cancelled order
+    wait_until(ib, lambda: len([m for m in seen if m[0] == "error" and m[2] != 202]) == 2)
+    assert [m for m in seen if m[0] == "error" and m[2] != 202] == [
+        ("error", filled.order.orderId, 104, "Can't modify a filled order."),
+        ("error", resting.order.orderId, 103, "Duplicate order ID.")]
+
+
 @pytest.mark.parametrize("attribute, code, text", [
     ("eTradeOnly", 10268, "The 'EtradeOnly' order attribute is not supported."),
     ("firmQuoteOnly", 10269, "The 'firmQuoteOnly' order attribute is not supported."),

@@ -267,9 +267,8 @@ class Broker:
         """A new order, or a modification when this client's order id is still open."""
         existing = self.orders.get((client_id, order_id))
         if existing and not existing.is_open:
-            raise Rejection(104 if existing.status == "Filled" else 103,
-                            f"Cannot modify a {existing.status.lower()} order" if existing.status == "Filled"
-                            else f"Duplicate order id {order_id}: that order is already {existing.status}")
+            raise (Rejection(104, "Can't modify a filled order.") if existing.status == "Filled"
+                   else Rejection(103, "Duplicate order ID."))  # TWS's texts, message_codes.html
         account = self.resolve_account(request.account or (existing.account if existing else ""))
         now = self.clock.now()
         try:
