@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import nest_asyncio2
 from eventkit import Event
-from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, util
+from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, TradeLogEntry, util
 
 from .config import PRESET_LIST, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, PacingError,
@@ -230,11 +230,26 @@ class Broker:
     # ------------------------------------------------------------ plumbing
     def _on_error(self, req_id, code, text, contract):
         self._errors.setdefault(req_id, []).append((code, text))
+        if code == 110:
+            self._end_refused_order(req_id, code, text)
         self.message.emit(TWSMessage(req_id, code, text))
         if code == 100:
             log.warning("IB pacing: more than 50 messages per second were sent; TWS may disconnect. %s", text)
         elif code in (1100, 1101, 1102):
             log.warning("TWS connectivity: %s", text)
+
+    def _end_refused_order(self, order_id: int, code: int, text: str):
+        """Error 110 (a limit price off the tick ladder) refuses a new order: TWS takes none in. ib_insync
+        takes 110 for a warning and would leave the trade pending for ever; end it, as ib_async does."""
+        wrapper = self.ib.wrapper
+        trade = wrapper.trades.get((wrapper.clientId, order_id))
+        if trade is None or trade.orderStatus.status != "PendingSubmit":
+            return  # a refused modification: the order works on as it was
+        trade.orderStatus.status = "Cancelled"
+        trade.log.append(TradeLogEntry(wrapper.lastTime, "Cancelled", f"Error {code}, reqId {order_id}: {text}", code))
+        self.ib.orderStatusEvent.emit(trade)
+        trade.statusEvent.emit(trade)
+        trade.cancelledEvent.emit(trade)
 
     def run(self, coro):
         """Run a coroutine to completion from blocking code, also inside Jupyter's running loop."""

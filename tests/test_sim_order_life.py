@@ -273,3 +273,20 @@ def test_qdibkr_does_not_count_a_rejected_order_as_open(gateway):
         assert broker.run(broker.open_orders_async(aapl)) == []
     finally:
         broker.disconnect()
+
+
+def test_qdibkr_ends_an_order_refused_with_110(gateway):
+    """ib_insync takes error 110 for a warning; TWS took no order in, and qdibkr must not keep one."""
+    broker = Broker(host="127.0.0.1", port=gateway.port, client_id=1)
+    broker.connect()
+    try:
+        aapl = Stock("AAPL", "SMART", "USD")
+        broker.ib.qualifyContracts(aapl)
+        [ticker] = broker.ib.reqTickers(aapl)
+        with pytest.raises(OrderRejected, match="error 110"):
+            broker.run(broker.place_async(aapl, "BUY", 5, limit=round(ticker.bid * 0.95, 2) + 0.005))
+        [trade] = broker.ib.trades()
+        assert trade.orderStatus.status == "Cancelled" and trade.log[-1].errorCode == 110
+        assert broker.orders().empty
+    finally:
+        broker.disconnect()
