@@ -116,9 +116,13 @@ class Runner:
         self.wake = asyncio.Event()
         self.stopping = False
         self._cancels_sent: set[str] = set()
+        # Executions of ours whose commission report (and so their fill in the store) is still to come:
+        # TWS sends it after the order's Filled status, and a --once run must not end in between.
+        self._awaiting_commission: set[str] = set()
         self._last_heard = time.monotonic()  # when TWS last sent anything; see _heartbeat
         ib = self.ibkr.ib
         ib.orderStatusEvent += _logged(self._on_status)
+        ib.execDetailsEvent += _logged(self._on_execution)
         ib.commissionReportEvent += _logged(self._on_commission)
         ib.disconnectedEvent += self.wake.set
         ib.updateEvent += self._heard  # ib_insync emits it after each batch of incoming messages
@@ -227,6 +231,7 @@ class Runner:
         # disconnect. Forget them here too: an order sent into the silence would otherwise look known
         # to the reconcile (as ib_insync's own PendingSubmit copy) although TWS may never have got it.
         self.ibkr.ib.wrapper.reset()
+        self._awaiting_commission.clear()  # the reconcile records those fills from TWS's executions
         return False
 
     async def _serve(self, once: bool) -> bool:
@@ -236,7 +241,7 @@ class Runner:
         while self.ibkr.ib.isConnected() and not self.stopping:
             self.wake.clear()
             await self.work()
-            if once and self.idle():
+            if once and self.idle() and not self._awaiting_commission:
                 return True
             try:
                 await asyncio.wait_for(self.wake.wait(), SAFETY_POLL)
@@ -393,6 +398,8 @@ class Runner:
         status, reason = self._status_of(trade)
         if status is None:
             return
+        if status == "filled" and any(f.execution.execId in self._awaiting_commission for f in trade.fills):
+            return  # filled once its fills are in the store: TWS sends their commission reports after this
         filled = _filled(trade)
         # A completed order that TWS reports (reqCompletedOrders) carries order id 0: keep the one sent.
         changes = dict(status=status, order_id=trade.order.orderId or signal.order_id,
@@ -418,9 +425,18 @@ class Runner:
             return "cancelled", "cancelled at IB" + (f" after {filled:g} filled" if filled else "")
         return None, ""
 
-    def _on_commission(self, trade, fill, report):
+    def _on_execution(self, trade, fill):
         if fill.execution.orderRef.startswith(REF_PREFIX):
-            self._record(fill)
+            self._awaiting_commission.add(fill.execution.execId)
+
+    def _on_commission(self, trade, fill, report):
+        if not fill.execution.orderRef.startswith(REF_PREFIX):
+            return
+        self._record(fill)
+        if fill.execution.execId in self._awaiting_commission:
+            self._awaiting_commission.discard(fill.execution.execId)
+            self._on_status(trade)  # the order's Filled status came before this report
+            self.wake.set()  # a --once run may end once its last fill is recorded
 
     def _record(self, fill):
         execution, report = fill.execution, fill.commissionReport

@@ -11,6 +11,7 @@ The expected sequences and values come from TWS's own messages as others capture
 - error codes and texts: https://interactivebrokers.github.io/tws-api/message_codes.html
 """
 
+import asyncio
 import datetime as dt
 import re
 import time
@@ -20,10 +21,13 @@ from ib_insync import IB, LimitOrder, MarketOrder, Stock
 from ib_insync.util import UNSET_DOUBLE
 
 from qdibkr.broker import Broker
+from qdibkr import emit
 from qdibkr.errors import OrderRejected
-from qdibkr.sim import SimGateway
+from qdibkr.sim import SimGateway, messages
+from qdibkr.sim.server import Session
 
 from .conftest import wait_until
+from .test_runner import run_once, statuses
 
 UNSET_INTEGER = 2**31 - 1
 TUESDAY = 1
@@ -290,3 +294,26 @@ def test_qdibkr_ends_an_order_refused_with_110(gateway):
         assert broker.orders().empty
     finally:
         broker.disconnect()
+
+
+@pytest.fixture
+def late_commission_reports(monkeypatch):
+    """Commission reports a moment after the rest of their fill, in a later batch, as TWS's may come."""
+    send = Session.send
+
+    def later(session, fields):
+        if fields[0] == messages.COMMISSION_REPORT:
+            asyncio.get_running_loop().call_later(0.2, send, session, fields)
+        else:
+            send(session, fields)
+
+    monkeypatch.setattr(Session, "send", later)
+
+
+def test_runner_waits_for_the_commission_report_after_filled(store, gateway, late_commission_reports):
+    """A signal is filled once its fill is in the store: the close that follows it sees the shares."""
+    emit("open_long", "AAPL", 10, strategy="late", store=store)
+    emit("close_long", "AAPL", strategy="late", store=store)
+    run_once(store, gateway)
+    assert statuses(store) == [("open_long", "filled"), ("close_long", "filled")]
+    assert [(f.side, f.shares) for f in store.fills("late")] == [("BUY", 10), ("SELL", 10)]
