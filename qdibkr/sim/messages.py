@@ -18,7 +18,7 @@ from . import catalogue
 from .broker import Execution, Order, PnL, Position
 from .catalogue import Listing
 from .market import Bar
-from .wire import UNSET_DOUBLE, UNSET_DOUBLE_TEXT
+from .wire import UNSET_DOUBLE
 
 MIN_VERSION = 157
 MAX_VERSION = 176
@@ -141,7 +141,6 @@ def order_status(order: Order) -> list:
 # captured by rust-ibapi at server version 164 (a market order for TSLA, placed, filled, reported
 # with its commission; a completed AAPL order):
 # https://github.com/wboayue/rust-ibapi/blob/5fddde93/src/orders/tests.rs
-UNSET = UNSET_DOUBLE_TEXT  # TWS's spelling of the unset double, also in its text fields (margins)
 
 
 def _order_contract(listing: Listing) -> list:
@@ -165,7 +164,7 @@ def _delta_neutral() -> list:
 
 def _adjusted() -> list:
     """adjustedOrderType .. adjustableTrailingUnit: none, each price unset."""
-    return ["None", *[UNSET] * 6, 0]
+    return ["None", *[UNSET_DOUBLE] * 6, 0]
 
 
 def open_order(version: int, order: Order, with_commission: bool = False) -> list:
@@ -199,7 +198,7 @@ def open_order(version: int, order: Order, with_commission: bool = False) -> lis
               "",  # algoStrategy
               False, False,  # solicited, whatIf
               order.status,
-              *[UNSET] * 9,  # margin before / change / after (what-if orders only)
+              *[UNSET_DOUBLE] * 9,  # margin before / change / after (what-if orders only)
               *commission,  # commission, minCommission, maxCommission, commissionCurrency
               "",  # warningText
               False, False,  # randomizeSize, randomizePrice
@@ -243,7 +242,8 @@ def completed_order(version: int, order: Order) -> list:
               "",  # algoStrategy
               False, order.status, False, False,  # solicited, status, randomizeSize, randomizePrice
               0,  # conditions
-              UNSET, UNSET, 0, True, False,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPriceForHedge, isOmsContainer
+              UNSET_DOUBLE, UNSET_DOUBLE,  # trailStopPrice, lmtPriceOffset
+              0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
               "", number(order.filled), UNSET_INTEGER, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
               "Not an insider or substantial shareholder",  # shareholder
               False, False, 2**63 - 1,  # imbalanceOnly, routeMarketableToBbo, parentPermId (none)
