@@ -380,7 +380,7 @@ class Runner:
 
     def _cancel_open(self):
         """The kill switch's --cancel-open: cancel every working order this runner placed."""
-        for trade in self.ibkr.ib.openTrades():
+        for trade in self.ibkr.open_trades():
             if trade.order.orderRef.startswith(REF_PREFIX):
                 self.ibkr.ib.cancelOrder(trade.order)
 
