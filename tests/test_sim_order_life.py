@@ -15,9 +15,11 @@ import asyncio
 import datetime as dt
 import re
 import time
+from pathlib import Path
 
 import pytest
 from ib_insync import IB, LimitOrder, MarketOrder, Stock
+from ib_insync.decoder import Decoder
 from ib_insync.util import UNSET_DOUBLE
 
 from qdibkr.broker import Broker
@@ -317,3 +319,52 @@ def test_runner_waits_for_the_commission_report_after_filled(store, gateway, lat
     run_once(store, gateway)
     assert statuses(store) == [("open_long", "filled"), ("close_long", "filled")]
     assert [(f.side, f.shares) for f in store.fills("late")] == [("BUY", 10), ("SELL", 10)]
+
+
+# ---------------------------------------------------------------- field by field, against TWS's captures
+CAPTURES = Path(__file__).parent / "captures" / "rust_ibapi_orders.txt"
+CAPTURED_VERSION = 164
+# What legitimately differs: ids, the account, the captured order's instrument (TSLA), the time.
+DIFFERS = {"orderId", "clientId", "permId", "account", "conId", "symbol", "localSymbol", "completedTime"}
+
+
+class Collector:
+    """A wrapper for both decoders: keeps what openOrder and completedOrder decode."""
+
+    def __init__(self):
+        self.decoded = []
+
+    def openOrder(self, order_id, contract, order, state):
+        self.decoded.append((contract, order, state))
+
+    def completedOrder(self, contract, order, state):
+        self.decoded.append((contract, order, state))
+
+
+def decoded_fields(fields: list[str], version: int, ibapi_decoder) -> dict:
+    """The message decoded by ib_insync's decoder and by IB's own (ibapi): every field, by name."""
+    ours, ibs = Collector(), Collector()
+    Decoder(ours, version).interpret(fields)
+    ibapi_decoder.Decoder(ibs, version).interpret(tuple(f.encode() for f in fields))
+    return {f"{source}.{kind}.{name}": vars(value) if hasattr(value, "__dict__") else value  # ibapi's SoftDollarTier
+            for source, [decoded] in (("ib_insync", ours.decoded), ("ibapi", ibs.decoded))
+            for kind, obj in zip(("contract", "order", "state"), decoded)
+            for name, value in vars(obj).items() if name not in DIFFERS}
+
+
+def test_order_messages_decode_as_tws_captures(ib):
+    """The sim's openOrder (PreSubmitted; Filled with the commission) and completedOrder for a market order
+    of 100 AAPL decode, through ib_insync and ibapi, to the fields of TWS's own for the same order."""
+    ibapi_decoder = pytest.importorskip("ibapi.decoder")
+    raw = []
+    interpret = ib.client.decoder.interpret
+    ib.client.decoder.interpret = lambda fields: (raw.append(fields), interpret(fields))
+    trade = ib.placeOrder(aapl(ib), MarketOrder("BUY", 100))  # USD 1 commission, as in the capture
+    wait_until(ib, lambda: trade.fills and trade.fills[0].commissionReport.execId)
+    ib.reqCompletedOrders(apiOnly=True)
+    opened = [f for f in raw if f[0] == "5"]
+    ours = [opened[0], opened[-1], next(f for f in raw if f[0] == "101")]
+    captured = [line.split("|")[:-1] for line in CAPTURES.read_text().splitlines() if not line.startswith("#")]
+    for sim, tws in zip(ours, captured, strict=True):
+        assert decoded_fields(sim, ib.client.serverVersion(), ibapi_decoder) == \
+            decoded_fields(tws, CAPTURED_VERSION, ibapi_decoder)
