@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import nest_asyncio2
 from eventkit import Event
-from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, util
+from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, TradeLogEntry, util
 
 from .config import PRESET_LIST, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, PacingError,
@@ -135,6 +135,27 @@ class Quote:
     delayed: bool
 
 
+def read_utc_execution_times(ib: IB):
+    """Make ib_insync read TWS's zone-less UTC execution times as UTC.
+
+    TWS lately sends an execution's time as ``20231214-20:57:37``, in UTC, and ib_insync reads any
+    time without a zone as the host's local time: a fill's time is then off by the host's UTC offset
+    (https://github.com/erdewit/ib_insync/issues/671, ib_async issue 230). This names the zone in
+    that one form before ib_insync parses it; the older ``20230224  12:04:56`` (TWS's local time) and
+    zoned times pass unchanged."""
+    decoder = ib.client.decoder
+    exec_details = decoder.handlers[11]
+    time_field = 15  # msgId, reqId, orderId, the 11 contract fields, execId, then the time
+
+    def read(fields):
+        text = fields[time_field]
+        if len(text) == 17 and text[8] == "-":
+            fields = [*fields[:time_field], f"{text[:8]} {text[9:]} UTC", *fields[time_field + 1:]]
+        exec_details(fields)
+
+    decoder.handlers[11] = read
+
+
 async def until(ib: IB, condition, timeout: float) -> bool:
     """Wait until ``condition()`` holds, re-checking after every message batch from TWS.
 
@@ -225,6 +246,7 @@ class Broker:
     def __init__(self, settings: Settings | None = None, **overrides):
         self.settings = settings or load_settings(**overrides)
         self.ib = IB()
+        read_utc_execution_times(self.ib)
         self.account = ""
         self._contracts: dict[Symbol, tuple[Contract, float]] = {}
         self._tickers: dict[Symbol, object] = {}  # streaming subscriptions kept for price_async
@@ -250,6 +272,8 @@ class Broker:
     # ------------------------------------------------------------ plumbing
     def _on_error(self, req_id, code, text, contract):
         self._errors.setdefault(req_id, []).append((code, text))
+        if code == 110:
+            self._end_refused_order(req_id, code, text)
         self.message.emit(TWSMessage(req_id, code, text))
         if code == 100:
             log.warning("IB pacing: more than 50 messages per second were sent; TWS may disconnect. %s", text)
@@ -263,6 +287,19 @@ class Broker:
 
     def _on_position(self, position):
         self._unposted.pop((position.account, position.contract.conId), None)
+
+    def _end_refused_order(self, order_id: int, code: int, text: str):
+        """Error 110 (a limit price off the tick ladder) refuses a new order: TWS takes none in. ib_insync
+        takes 110 for a warning and would leave the trade pending for ever; end it, as ib_async does."""
+        wrapper = self.ib.wrapper
+        trade = wrapper.trades.get((wrapper.clientId, order_id))
+        if trade is None or trade.orderStatus.status != "PendingSubmit":
+            return  # a refused modification: the order works on as it was
+        trade.orderStatus.status = "Cancelled"
+        trade.log.append(TradeLogEntry(wrapper.lastTime, "Cancelled", f"Error {code}, reqId {order_id}: {text}", code))
+        self.ib.orderStatusEvent.emit(trade)
+        trade.statusEvent.emit(trade)
+        trade.cancelledEvent.emit(trade)
 
     def run(self, coro):
         """Run a coroutine to completion from blocking code, also inside Jupyter's running loop."""
@@ -532,11 +569,17 @@ class Broker:
         """Open orders of every client connected to this TWS, as TWS reports them."""
         self._require_connection()
         await self._request("openOrders", self.ib.reqAllOpenOrdersAsync)
-        rows = [self._order_row(t) for t in self.ib.openTrades()]
+        rows = [self._order_row(t) for t in self.open_trades()]
         return frame(rows, list(OrderResult.__dataclass_fields__) + ["client_id", "account"])
 
     def orders(self) -> "pandas.DataFrame":
         return self.run(self.orders_async())
+
+    def open_trades(self) -> list[Trade]:
+        """This session's trades still working. Not ib_insync's ``openTrades()``, which keeps an order TWS
+        rejected: TWS reports it Inactive after the error (ib_insync issue 554), a state ib_insync
+        does not count as done."""
+        return [t for t in self.ib.openTrades() if t.orderStatus.status not in DONE_STATUSES]
 
     def _order_row(self, trade: Trade) -> dict:
         row = asdict(self._result(trade))
@@ -603,7 +646,7 @@ class Broker:
             self._all_open = loop.time(), listed
         mine = self.settings.client_id
         trades = [t for t in self._all_open[1] if t.order.clientId != mine and not t.isDone()]
-        trades += [t for t in self.ib.openTrades() if t.order.clientId == mine]
+        trades += [t for t in self.open_trades() if t.order.clientId == mine]
         return [(t.order.orderRef, t.order.action, t.order.totalQuantity - t.orderStatus.filled) for t in trades
                 if t.contract.conId == contract.conId and t.order.account in ("", self.account)]
 
@@ -636,17 +679,31 @@ class Broker:
                       if not t.orderStatus.filled and _filled(t) > executed.get(ref, 0.0)}
         return KnownOrders({ref: self._result(t) for ref, t in trades.items()}, executions, unreported)
 
+    def _trade_by_ref(self, order_ref: str) -> Trade | None:
+        return next((t for t in reversed(self.ib.trades()) if t.order.orderRef == order_ref), None)
+
+    def order_by_ref(self, order_ref: str) -> OrderResult | None:
+        """This session's order with this orderRef, as TWS last reported it."""
+        trade = self._trade_by_ref(order_ref)
+        return None if trade is None else self._result(trade)
+
+    def awaiting_commission(self, order_ref: str) -> bool:
+        """Whether a fill of this order has come without its commission report: TWS sends the report
+        after the order's Filled status, so a fill is complete (its cost known) only a moment later."""
+        trade = self._trade_by_ref(order_ref)
+        return trade is not None and any(not f.commissionReport.execId for f in trade.fills)
+
     def cancel_by_ref(self, order_ref: str) -> bool:
         """Ask TWS to cancel the working order with this orderRef, placed by this client; without
         waiting. False if this session knows no such working order."""
-        trade = next((t for t in self.ib.openTrades() if t.order.orderRef == order_ref), None)
+        trade = next((t for t in self.open_trades() if t.order.orderRef == order_ref), None)
         if trade is not None:
             self.ib.cancelOrder(trade.order)
         return trade is not None
 
     def cancel_all_by_ref(self, ref_prefix: str) -> int:
         """Ask TWS to cancel every working order of this client whose orderRef starts with the prefix."""
-        trades = [t for t in self.ib.openTrades() if t.order.orderRef.startswith(ref_prefix)]
+        trades = [t for t in self.open_trades() if t.order.orderRef.startswith(ref_prefix)]
         for trade in trades:
             self.ib.cancelOrder(trade.order)
         return len(trades)
@@ -710,7 +767,7 @@ class Broker:
 
     async def cancel_order_async(self, order_id: int) -> OrderResult:
         self._require_connection()
-        trade = next((t for t in self.ib.openTrades()
+        trade = next((t for t in self.open_trades()
                       if t.order.orderId == order_id and t.order.clientId == self.settings.client_id), None)
         if trade is None:
             raise UnknownOrder("order_id", f"no open order {order_id} was placed by client id "

@@ -368,6 +368,8 @@ class Runner:
         status, reason = self._status_of(order)
         if status is None:
             return
+        if status == "filled" and self.ibkr.awaiting_commission(order.order_ref):
+            return  # filled once its fills are in the store: TWS sends their commission reports after this
         # A completed order that TWS reports (reqCompletedOrders) carries order id 0: keep the one sent.
         changes = dict(status=status, order_id=order.order_id or signal.order_id,
                        perm_id=order.perm_id or signal.perm_id, filled=int(order.filled),
@@ -391,8 +393,14 @@ class Runner:
         return None, ""
 
     def _on_execution(self, execution: Execution):
-        if execution.order_ref.startswith(REF_PREFIX):
-            self._record(execution)
+        """A fill with its commission report: recorded, and the order's status (Filled came before
+        the report) taken up again."""
+        if not execution.order_ref.startswith(REF_PREFIX):
+            return
+        self._record(execution)
+        order = self.ibkr.order_by_ref(execution.order_ref)
+        if order is not None:
+            self._on_order(order)
 
     def _record(self, execution: Execution):
         signal = self.store.signal(execution.order_ref[len(REF_PREFIX):])

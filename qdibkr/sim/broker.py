@@ -26,6 +26,9 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
   the order's new total less what its earlier fills paid.
 - Average cost includes commissions; realised P&L is net of them (as IB does).
 - DAY orders still open at the exchange's 16:00 local close are cancelled.
+- Order states as TWS reports them: an accepted order is PreSubmitted, then
+  Submitted once it works at the exchange (a market order that fills at once
+  goes straight to Filled); one refused with error 201 stays, Inactive.
 - P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
   since the position was opened, realised today, and daily P&L since the
   previous session's close (the quote's ``close``): positions held then count
@@ -65,6 +68,8 @@ class OrderRequest:
     account: str
     order_ref: str
     outside_rth: bool = False
+    e_trade_only: bool = False  # ibapi 9.81 sets both by default; TWS refuses either (10268, 10269)
+    firm_quote_only: bool = False
 
 
 @dataclass
@@ -83,7 +88,7 @@ class Order:
     outside_rth: bool
     placed_at: float
     expires_at: float | None = None
-    status: str = "Submitted"
+    status: str = "PreSubmitted"  # accepted by TWS; Submitted once working at the exchange
     filled: int = 0
     avg_fill_price: float = 0.0
     last_fill_price: float = 0.0
@@ -172,16 +177,28 @@ class PnL:
 
 
 class Rejection(Exception):
-    """An order TWS would refuse; ``code`` and ``text`` are what the client is told."""
+    """An order TWS would refuse; ``code`` and ``text`` are what the client is told.
+
+    ``order`` is set when TWS took the order in before refusing it (error 201): it
+    then exists, Inactive, and TWS reports it after the error (openOrder and
+    orderStatus, as in https://github.com/erdewit/ib_insync/issues/554)."""
 
     def __init__(self, code: int, text: str):
         super().__init__(text)
         self.code = code
         self.text = text
+        self.order: "Order | None" = None
 
 
 def reject(reason: str) -> Rejection:
     return Rejection(201, f"Order rejected - reason:{reason}")
+
+
+# Refusals that TWS words itself, with no order left behind: codes and texts as in
+# https://interactivebrokers.github.io/tws-api/message_codes.html
+OFF_TICK = (110, "The price does not conform to the minimum price variation for this contract.")
+E_TRADE_ONLY = (10268, "The 'EtradeOnly' order attribute is not supported.")
+FIRM_QUOTE_ONLY = (10269, "The 'firmQuoteOnly' order attribute is not supported.")
 
 
 def commission_due(listing: Listing, side: str, quantity: int, value: float, now: float) -> float:
@@ -252,12 +269,18 @@ class Broker:
         """A new order, or a modification when this client's order id is still open."""
         existing = self.orders.get((client_id, order_id))
         if existing and not existing.is_open:
-            raise Rejection(104 if existing.status == "Filled" else 103,
-                            f"Cannot modify a {existing.status.lower()} order" if existing.status == "Filled"
-                            else f"Duplicate order id {order_id}: that order is already {existing.status}")
+            raise (Rejection(104, "Can't modify a filled order.") if existing.status == "Filled"
+                   else Rejection(103, "Duplicate order ID."))  # TWS's texts, message_codes.html
         account = self.resolve_account(request.account or (existing.account if existing else ""))
         now = self.clock.now()
-        quantity = self._validate(listing, request, account, existing, now)
+        try:
+            quantity = self._validate(listing, request, account, existing, now)
+        except Rejection as r:
+            if r.code == 201 and existing is None:  # taken in, then refused: it exists, Inactive
+                order = self._new_order(client_id, order_id, listing, request, account, request.quantity, now)
+                self._finish(order, "Inactive", "Rejected")
+                r.order = replace(order)
+            raise
         if existing:
             existing.quantity = quantity
             existing.limit_price = request.limit_price if request.order_type == "LMT" else None
@@ -267,23 +290,39 @@ class Broker:
             existing.crossed_at = now
             order = existing
         else:
-            order = Order(
-                client_id=client_id, order_id=order_id, perm_id=self.next_perm_id, account=account,
-                con_id=listing.con_id, action=request.action, quantity=quantity,
-                order_type=request.order_type,
-                limit_price=request.limit_price if request.order_type == "LMT" else None,
-                tif=request.tif, order_ref=request.order_ref, outside_rth=request.outside_rth,
-                placed_at=now, expires_at=self._expiry(listing, request.tif, now), crossed_at=now)
-            self.next_perm_id += 1
-            self.orders[(client_id, order_id)] = order
-            self.next_order_id = max(self.next_order_id, order_id + 1)
+            order = self._new_order(client_id, order_id, listing, request, account, quantity, now)
         self.dirty = True
-        return [OrderChanged(replace(order)), *self._match_order(order, now, placing=True)]
+        events = [OrderChanged(replace(order)), *self._match_order(order, now, placing=True)]
+        if order.status == "PreSubmitted":  # not filled at once: it rests, working at the exchange
+            events += self._submit(order)
+        return events
+
+    def _new_order(self, client_id: int, order_id: int, listing: Listing, request: OrderRequest, account: str,
+                   quantity: float, now: float) -> Order:
+        """Record a new order, PreSubmitted, with the next permId."""
+        order = Order(
+            client_id=client_id, order_id=order_id, perm_id=self.next_perm_id, account=account,
+            con_id=listing.con_id, action=request.action, quantity=quantity,
+            order_type=request.order_type,
+            limit_price=request.limit_price if request.order_type == "LMT" else None,
+            tif=request.tif, order_ref=request.order_ref, outside_rth=request.outside_rth,
+            placed_at=now, expires_at=self._expiry(listing, request.tif, now), crossed_at=now)
+        self.next_perm_id += 1
+        self.orders[(client_id, order_id)] = order
+        self.next_order_id = max(self.next_order_id, order_id + 1)
+        self.dirty = True
+        return order
+
+    def _submit(self, order: Order) -> list:
+        """An accepted (PreSubmitted) order starts working at the exchange: Submitted."""
+        order.status = "Submitted"
+        self.dirty = True
+        return [OrderChanged(replace(order))]
 
     def cancel(self, client_id: int, order_id: int) -> list:
         order = self.orders.get((client_id, order_id))
         if order is None:
-            raise Rejection(135, f"Can't find order with id ={order_id}")
+            raise Rejection(10147, f"OrderId {order_id} that needs to be cancelled is not found.")
         if not order.is_open:
             raise Rejection(10148, f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: {order.status}.")
         self._finish(order, "Cancelled", "Cancelled by Trader")
@@ -304,6 +343,10 @@ class Broker:
     # ------------------------------------------------------------ rules
     def _validate(self, listing: Listing, request: OrderRequest, account: str, existing: Order | None,
                   now: float) -> int:
+        if request.e_trade_only:
+            raise Rejection(*E_TRADE_ONLY)
+        if request.firm_quote_only:
+            raise Rejection(*FIRM_QUOTE_ONLY)
         if request.action not in ("BUY", "SELL"):
             raise reject(f"action must be BUY or SELL, not {request.action!r}")
         if request.order_type not in ORDER_TYPES:
@@ -326,7 +369,7 @@ class Broker:
                 raise reject("a limit order needs a positive limit price")
             tick = catalogue.min_tick(listing, price)
             if abs(price / tick - round(price / tick)) > 1e-6:
-                raise reject(f"the limit price {price:g} does not conform to the minimum price variation of {tick:g} for this contract")
+                raise Rejection(*OFF_TICK)  # the order is not taken in (ib_insync takes 110 for a warning)
             if request.action == "BUY" and price > quote.ask * (1 + PRICE_BAND):
                 raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} above the market ask {quote.ask:g}")
             if request.action == "SELL" and price < quote.bid * (1 - PRICE_BAND):
@@ -446,7 +489,7 @@ class Broker:
             commission=commission, commission_currency=currency, realized_pnl=realized)
         self.executions.append(execution)
         if order.filled == order.quantity:
-            self._finish(order, "Filled", "Filled")
+            self._finish(order, "Filled", f"Filled Size: {order.filled}")  # completedStatus as TWS words it
         self.dirty = True
         return [Filled(replace(order), execution), PositionChanged(order.account, listing.con_id)]
 

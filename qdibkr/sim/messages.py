@@ -140,45 +140,76 @@ def order_status(order: Order) -> list:
             order.avg_fill_price, order.perm_id, 0, order.last_fill_price, order.client_id, "", 0.0]
 
 
-def _order_price(order: Order) -> float:
-    return order.limit_price if order.limit_price is not None else UNSET_DOUBLE
+# An order as TWS reports it (openOrder, completedOrder): field values from TWS's own messages,
+# captured by rust-ibapi at server version 164 (a market order for TSLA, placed, filled, reported
+# with its commission; a completed AAPL order):
+# https://github.com/wboayue/rust-ibapi/blob/5fddde93/src/orders/tests.rs
 
 
-def open_order(version: int, order: Order) -> list:
+def _order_contract(listing: Listing) -> list:
+    """The contract of an order message: strike "0" and right "?" for a stock, as TWS writes them."""
+    return [listing.con_id, listing.symbol, "STK", "", 0, "?", "", listing.exchange,
+            listing.currency, listing.local_symbol, listing.trading_class]
+
+
+def _order_prices(order: Order) -> list:
+    """lmtPrice and auxPrice: 0.0 where unused (a market order's limit), not the unset double."""
+    return [order.limit_price if order.limit_price is not None else 0.0, 0.0]
+
+
+def _delta_neutral() -> list:
+    """deltaNeutralOrderType .. deltaNeutralDesignatedLocation: TWS names no order type "None", and
+    the client then reads the eight fields that follow it."""
+    return ["None", "",  # deltaNeutralOrderType, deltaNeutralAuxPrice
+            0, "", "", "",  # conId, settlingFirm, clearingAccount, clearingIntent
+            "?", 0, 0, ""]  # openClose, shortSale, shortSaleSlot, designatedLocation
+
+
+def _adjusted() -> list:
+    """adjustedOrderType .. adjustableTrailingUnit: none, each price unset."""
+    return ["None", *[UNSET_DOUBLE] * 6, 0]
+
+
+def open_order(version: int, order: Order, with_commission: bool = False) -> list:
+    """An order and its state. ``with_commission`` adds the commission charged so far to the state, as
+    TWS does in the openOrder it sends after a fill's execDetails and state (min and max commission,
+    for a what-if order, stay empty)."""
     listing = order.listing
-    fields = [OPEN_ORDER, order.order_id, *_contract(listing, listing.exchange),
-              order.action, number(order.quantity), order.order_type, _order_price(order), UNSET_DOUBLE,
+    commission = [round(order.commission, 2), "", "", listing.currency] if with_commission else ["", "", "", ""]
+    fields = [OPEN_ORDER, order.order_id, *_order_contract(listing),
+              order.action, number(order.quantity), order.order_type, *_order_prices(order),
               order.tif, "",  # ocaGroup
-              order.account, "O", 0,  # openClose, origin (customer)
+              order.account, "", 0,  # openClose (none for a stock), origin (customer)
               order.order_ref, order.client_id, order.perm_id,
               order.outside_rth, False,  # outsideRth, hidden
-              0.0, "", "",  # discretionaryAmt, goodAfterTime, deprecated sharesAllocation
+              0, "", "",  # discretionaryAmt, goodAfterTime, deprecated sharesAllocation
               "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
               "", "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
               0, "", -1,  # shortSaleSlot, designatedLocation, exemptCode
               0, "", "", "", "", "",  # auctionStrategy, startingPrice, stockRefPrice, delta, stockRangeLower, stockRangeUpper
-              0, False, False, False, "",  # displaySize, blockOrder, sweepToFill, allOrNone, minQty
+              UNSET_INTEGER, False, False, False, "",  # displaySize, blockOrder, sweepToFill, allOrNone, minQty
               3, False, False, "",  # ocaType, eTradeOnly, firmQuoteOnly, nbboPriceCap
               0, 0,  # parentId, triggerMethod
-              "", 0, "", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+              "", 0, *_delta_neutral(),  # volatility, volatilityType, delta-neutral order
               False, 0, "", "",  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent
               "", "", "",  # basisPoints, basisPointsType, comboLegsDescrip
               0, 0, 0,  # combo legs, order combo legs, smart combo routing params
-              "", "", "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
+              UNSET_INTEGER, UNSET_INTEGER, "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
               "",  # hedgeType
-              False, "", "", False,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
+              False, "", "IB", False,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
               False,  # deltaNeutralContract present
               "",  # algoStrategy
               False, False,  # solicited, whatIf
               order.status,
-              "", "", "", "", "", "", "", "", "",  # margin before / change / after
-              "", "", "", "",  # commission, minCommission, maxCommission, commissionCurrency
+              *[UNSET_DOUBLE] * 9,  # margin before / change / after (what-if orders only)
+              *commission,  # commission, minCommission, maxCommission, commissionCurrency
               "",  # warningText
               False, False,  # randomizeSize, randomizePrice
               0,  # conditions
-              "", "", "", "", "", "", "", 0,  # adjustedOrderType .. adjustableTrailingUnit
+              *_adjusted(),
               "", "", "",  # softDollarTier name, value, displayName
-              "", False, False, "", False]  # cashQty, dontUseAutoPriceForHedge, isOmsContainer, discretionaryUpToLimitPrice, usePriceMgmtAlgo
+              0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
+              0, False]  # discretionaryUpToLimitPrice, usePriceMgmtAlgo
     if version >= 159:
         fields.append("")  # duration
     if version >= 160:
@@ -191,29 +222,34 @@ def open_order(version: int, order: Order) -> list:
 
 
 def completed_order(version: int, order: Order) -> list:
+    """A completed order as TWS reports it: its totalQuantity is what was left unfilled (0 for the
+    captured filled order; the whole order for a cancelled one, as in ib_insync issue 559)."""
     listing = order.listing
-    fields = [COMPLETED_ORDER, *_contract(listing, listing.exchange),
-              order.action, number(order.quantity), order.order_type, _order_price(order), UNSET_DOUBLE,
-              order.tif, "", order.account, "O", 0, order.order_ref, order.perm_id,
-              order.outside_rth, False, 0.0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
+    fields = [COMPLETED_ORDER, *_order_contract(listing),
+              order.action, number(order.remaining), order.order_type, *_order_prices(order),
+              order.tif, "", order.account, "", 0, order.order_ref, order.perm_id,  # ocaGroup, account, openClose, origin
+              order.outside_rth, False, 0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
               "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
               "", "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
               0, "", -1,  # shortSaleSlot, designatedLocation, exemptCode
               "", "", "", "", "",  # startingPrice, stockRefPrice, delta, stockRangeLower, stockRangeUpper
-              0, False, False, "", 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
-              "", 0, "", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+              UNSET_INTEGER, False, False, "", 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
+              "", 0, "None", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
+              0, 0, 0, "",  # deltaNeutral conId, shortSale, shortSaleSlot, designatedLocation
               False, 0, "", "", "",  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, comboLegsDescrip
               0, 0, 0,  # combo legs, order combo legs, smart combo routing params
-              "", "", "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
+              UNSET_INTEGER, UNSET_INTEGER, "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
               "",  # hedgeType
-              "", "", False,  # clearingAccount, clearingIntent, notHeld
+              "", "IB", False,  # clearingAccount, clearingIntent, notHeld
               False,  # deltaNeutralContract present
               "",  # algoStrategy
               False, order.status, False, False,  # solicited, status, randomizeSize, randomizePrice
               0,  # conditions
-              "", "", "", False, False,  # trailStopPrice, lmtPriceOffset, cashQty, dontUseAutoPriceForHedge, isOmsContainer
-              "", number(order.filled), 0, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
-              "", False, False, 0,  # shareholder, imbalanceOnly, routeMarketableToBbo, parentPermId
+              UNSET_DOUBLE, UNSET_DOUBLE,  # trailStopPrice, lmtPriceOffset
+              0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
+              "", number(order.filled), UNSET_INTEGER, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
+              "Not an insider or substantial shareholder",  # shareholder
+              False, False, 2**63 - 1,  # imbalanceOnly, routeMarketableToBbo, parentPermId (none)
               _completed_time(order), order.completed_status]
     if version >= 170:
         fields += ["", "", "", "", ""]
@@ -227,11 +263,19 @@ def _completed_time(order: Order) -> str:
     return f"{local:%Y%m%d %H:%M:%S} {SERVER_ZONE}"
 
 
+def execution_time(t: float) -> str:
+    """An execution's time as TWS sends it to clients of these versions lately: UTC, written
+    ``20231214-20:57:37`` with no zone (ib_insync issue 671, ib_async issue 230; rust-ibapi's 2023
+    capture still had the older ``20230224  12:04:56`` in TWS's local time). A client that reads
+    the zone-less time as the host's local time is wrong on any host not on UTC."""
+    return f"{dt.datetime.fromtimestamp(t, dt.timezone.utc):%Y%m%d-%H:%M:%S}"
+
+
 def execution(req_id: int, ex: Execution) -> list:
     listing = catalogue.by_con_id(ex.con_id)
     venue = catalogue.execution_venue(listing)  # the contract's exchange too, as TWS reports a fill
     return [EXECUTION_DATA, req_id, ex.order_id, *_contract(listing, venue),
-            ex.exec_id, ib_time(ex.time), ex.account, venue, ex.side,
+            ex.exec_id, execution_time(ex.time), ex.account, venue, ex.side,
             number(ex.shares), ex.price, ex.perm_id, ex.client_id, 0,  # liquidation
             number(ex.cum_qty), ex.avg_price, ex.order_ref, "", "", "",  # evRule, evMultiplier, modelCode
             2]  # lastLiquidity: removed

@@ -503,7 +503,8 @@ class Session(asyncio.Protocol):
         request = OrderRequest(
             action=fields[16].upper(), quantity=float(fields[17] or 0), order_type=fields[18].upper(),
             limit_price=float(fields[19]) if fields[19] else None, tif=(fields[21] or "DAY").upper(),
-            account=fields[23], order_ref=fields[26], outside_rth=fields[33] == "1")
+            account=fields[23], order_ref=fields[26], outside_rth=fields[33] == "1",
+            e_trade_only=fields[53] == "1", firm_quote_only=fields[54] == "1")
         self.gateway.broker_call(self, order_id, lambda b: b.place(self.client_id, order_id, listing, request))
 
     def cancel_order(self, fields):
@@ -518,6 +519,16 @@ class Session(asyncio.Protocol):
     def send_order(self, order):
         self.send(msg.open_order(self.version, order))
         self.send(msg.order_status(order))
+
+    def send_fill(self, order, execution):
+        """A fill as TWS reports it: execDetails, the order's new state (openOrder, orderStatus), the
+        order again with its commission so far, then the fill's commission report. Captured from
+        TWS by rust-ibapi (https://github.com/wboayue/rust-ibapi/blob/5fddde93/src/orders/tests.rs,
+        place_order: a market order that fills)."""
+        self.send(msg.execution(-1, execution))
+        self.send_order(order)
+        self.send(msg.open_order(self.version, order, with_commission=True))
+        self.send(msg.commission_report(execution))
 
     def req_open_orders(self, fields):
         for order in self.gateway.broker.open_orders():
@@ -930,12 +941,18 @@ class SimGateway:
         except Rejection as r:
             log.info("client %s order %d refused: %s", session.client_id, order_id, r.text)
             session.error(order_id, r.code, r.text)
+            if r.order is not None:  # taken in, then refused: TWS reports it Inactive after the error
+                session.send_order(r.order)
             return
         if cancelling:
+            # A cancel as TWS reports it: orderStatus Cancelled, then error 202 (rust-ibapi's capture in
+            # https://github.com/wboayue/rust-ibapi/blob/5fddde93/src/orders/tests.rs, cancel_order).
             for event in events:
                 owner = self.sessions.get(event.order.client_id)
                 if owner:
+                    owner.send(msg.order_status(event.order))
                     owner.error(event.order.order_id, 202, "Order Canceled - reason:")
+            return
         self.dispatch(events)
 
     def dispatch(self, events: list):
@@ -951,6 +968,4 @@ class SimGateway:
             if isinstance(event, OrderChanged):
                 owner.send_order(event.order)
             elif isinstance(event, Filled):
-                owner.send(msg.execution(-1, event.execution))
-                owner.send(msg.commission_report(event.execution))
-                owner.send(msg.order_status(event.order))
+                owner.send_fill(event.order, event.execution)
