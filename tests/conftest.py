@@ -19,7 +19,8 @@ def isolated_settings(monkeypatch, tmp_path):
 
 @pytest.fixture
 def gateway(tmp_path):
-    gw = SimGateway(port=0, state_path=str(tmp_path / "sim-state.json"), tick_interval=0.02).start_in_thread()
+    gw = SimGateway(port=0, state_path=str(tmp_path / "sim-state.json"), tick_interval=0.02,
+                    always_open=True).start_in_thread()
     yield gw
     gw.stop()
 
