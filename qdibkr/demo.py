@@ -68,7 +68,7 @@ def run_demo(work_dir: str | None = None) -> int:
         signals = wait_for_runner(store, run.id)
         section("signals", [{k: getattr(s, k) for k in SIGNAL_COLUMNS} for s in signals])
         if not signals:
-            print("(today every symbol's fast average is below its slow one: the strategy wants no position)")
+            print("\n(today every symbol's fast average is below its slow one: the strategy wants no position)")
         with Broker(Settings(port=gateway.port, client_id=CLIENT_IDS["cli"])) as ibkr:
             section("positions (the IB account)", ibkr.positions())
             section(f"positions of strategy {run.strategy} (the queue's record of its fills)",

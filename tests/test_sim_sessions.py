@@ -73,7 +73,12 @@ def test_a_market_order_on_a_sunday_rests_presubmitted_with_tws_warning(gateway_
     ib = client(gateway)
     seen = warnings_of(ib)
     trade = ib.placeOrder(AAPL, MarketOrder("BUY", 10))
+    status_at_warning = []
+    ib.errorEvent += lambda *args: status_at_warning.append(trade.orderStatus.status)
     wait_until(ib, lambda: any(code == 399 for _, code, _ in seen))
+    # As a live paper Gateway sends them: the order's PreSubmitted status first, then the warning
+    # (github.com/ThomasMarcelis/ibkr-go, testdata/transcripts/api_conditions_matrix_aapl.txt).
+    assert status_at_warning == ["PreSubmitted"]
     assert trade.orderStatus.status == "PreSubmitted"
     assert (trade.order.orderId, 399, "Order Message:\nBUY 10 AAPL NASDAQ.NMS\nWarning: Your order will not be "
             "placed at the exchange until 2026-11-30 09:30:00 US/Eastern.") in seen

@@ -26,11 +26,12 @@ import numpy as np
 
 from .catalogue import CATALOGUE, Listing, session_table
 
-# TWS names the time in its 399 warning in its own zone ids: "US/Eastern", as in
-# "Warning: Your order will not be placed at the exchange until 2026-06-11 09:30:00 US/Eastern."
-# (a live paper Gateway capture, github.com/ThomasMarcelis/ibkr-go,
-# testdata/transcripts/api_conditions_matrix_aapl.txt and its replay test). No capture of a Hong Kong
-# one was found: its zone is named as the catalogue names it.
+# TWS's 399 warning, as a live paper IB Gateway (server version 225) sent it for a DAY limit order
+# placed at 16:45 New York, after openOrder and orderStatus PreSubmitted:
+# "Order Message:\nBUY 1 AAPL NASDAQ.NMS\nWarning: Your order will not be placed at the exchange until
+# 2026-08-25 09:30:00 US/Eastern." (github.com/ThomasMarcelis/ibkr-go,
+# testdata/transcripts/api_conditions_matrix_aapl.txt). TWS names the time in its own zone ids
+# ("US/Eastern"); no capture of a Hong Kong one was found, so its zone is named as the catalogue names it.
 TWS_ZONES = {"America/New_York": "US/Eastern"}
 # The venue as TWS prints it in an order message ("BUY 33 AAPL NASDAQ.NMS", "BUY 65 SPY ARCA").
 TWS_VENUES = {"NASDAQ": "NASDAQ.NMS"}
@@ -119,7 +120,8 @@ class Sessions:
             elif opens is not None:
                 local = dt.datetime.fromtimestamp(opens, ZoneInfo(listing.time_zone))
                 states.append(f"{name} closed, opens {local:%a %Y-%m-%d %H:%M} {listing.time_zone}")
-        return f"simulated clock {clock}; trading sessions as the exchanges': " + "; ".join(states)
+        hint = "" if all(state.endswith(" open") for state in states) else " (--always-open trades at any hour)"
+        return f"simulated clock {clock}; trading sessions as the exchanges': " + "; ".join(states) + hint
 
     @staticmethod
     def day_close(listing: Listing, t: float, extended: bool = False) -> float:
@@ -131,10 +133,8 @@ class Sessions:
 
     @staticmethod
     def deferral_warning(listing: Listing, action: str, quantity: int, opens: float) -> str:
-        """TWS's error 399 text for an order it accepts but holds until its session opens, e.g.
-        "Order Message:\\nBUY 33 AAPL NASDAQ.NMS\\nWarning: Your order will not be placed at the
-        exchange until 2026-06-08 09:30:00 US/Eastern." (captured texts quoted in public code:
-        ThomasMarcelis/ibkr-go's replay tests; older TWS wrote "your" in lower case)."""
+        """TWS's error 399 text for an order it accepts but holds until its session opens (see
+        TWS_ZONES above for the capture; older TWS wrote "your" in lower case)."""
         zone = listing.time_zone
         when = dt.datetime.fromtimestamp(opens, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
         venue = TWS_VENUES.get(listing.primary_exchange, listing.primary_exchange)
