@@ -111,8 +111,11 @@ class Sessions:
         clock = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%a %Y-%m-%d %H:%M:%S UTC")
         if self.always_open:
             return f"simulated clock {clock}; always open (--always-open): orders trade at any hour"
+        one_per_calendar = {}
+        for listing in CATALOGUE:
+            one_per_calendar.setdefault(listing.calendar, listing)
         states = []
-        for listing in {listing.calendar: listing for listing in reversed(CATALOGUE)}.values():
+        for listing in one_per_calendar.values():
             name = f"{listing.calendar} ({listing.currency})"
             opens = self.next_open(listing, now)
             if opens == now:
