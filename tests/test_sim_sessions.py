@@ -196,6 +196,24 @@ def test_quotes_stand_still_while_the_market_is_closed(gateway_at, client):
     assert snapshot() != closed
 
 
+def test_market_depth_stands_still_while_the_market_is_closed(gateway_at, client):
+    gateway = gateway_at(SUNDAY)
+    ib = client(gateway)
+    ticker = ib.reqMktDepth(AAPL, numRows=5)
+    wait_until(ib, lambda: len(ticker.domBids) == 5 and len(ticker.domAsks) == 5)
+
+    def book():
+        return [(level.price, level.size) for level in ticker.domBids + ticker.domAsks]
+
+    closed = book()
+    gateway.advance(3 * 3600)  # its market pass has sent any update before the time is answered:
+    ib.reqCurrentTime()
+    assert book() == closed
+    gateway.advance(MONDAY_OPEN + 600 - gateway.clock.now())
+    ib.reqCurrentTime()
+    assert book() != closed
+
+
 def test_always_open_trades_on_a_sunday(gateway_at, client):
     gateway = gateway_at(SUNDAY, always_open=True)
     ib = client(gateway)
