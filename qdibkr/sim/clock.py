@@ -37,7 +37,14 @@ class SimClock:
         self.speed = speed
         self._wall_origin = time.time()
         start = parse_instant(start)
+        self._set_start = start is not None
         self._sim_origin = self._wall_origin if start is None else start
+
+    def begin(self):
+        """Let a clock set to a start instant run from this moment on: the gateway calls it once it
+        serves, so that clients first see the instant asked for, not the time it took to start."""
+        if self._set_start:
+            self._wall_origin = time.time()  # the start instant (plus any advance) is now
 
     def now(self) -> float:
         """Simulated time in POSIX seconds."""

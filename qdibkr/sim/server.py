@@ -783,6 +783,7 @@ class SimGateway:
         await loop.run_in_executor(None, catalogue.load_calendars)
         self._server = await loop.create_server(lambda: Session(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.clock.begin()
         self.spawn(self.market_loop())
         log.info("simulated gateway listening on %s:%d (accounts %s)", self.host, self.port, ",".join(self.broker.accounts))
         return self
