@@ -182,7 +182,7 @@ def main(clients: int, seconds: float) -> dict:
         env.update(QDIBKR_CONFIG=str(Path(tmp) / "no-config.toml"), QDIBKR_DB=str(Path(tmp) / "queue.sqlite"))
         processes = []
         try:
-            sim, sim_address = start([qdibkr, "sim", "--port", "0"], env)
+            sim, sim_address = start([qdibkr, "sim", "--port", "0", "--always-open"], env)
             processes.append(sim)
             api, api_address = start([qdibkr, "serve", "--port", "0"], env)
             processes.append(api)

@@ -60,7 +60,7 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="qdibkr-notebook-bench-"))
     os.environ["QDIBKR_CACHE"] = str(work / "bars")  # the kernels inherit it
-    gateway = SimGateway(port=0).start_in_thread()
+    gateway = SimGateway(port=0, always_open=True).start_in_thread()
     job = Job(name="us_sma", notebook=NOTEBOOK, parameters={"mode": "live", "port": gateway.port},
               timezone="America/New_York", calendar="XNYS", at="close-10m")
     empty = empty_notebook(work / "empty.ipynb")

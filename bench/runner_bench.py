@@ -64,7 +64,7 @@ def wait_for_orders(gateway: SimGateway, count: int, timeout: float = 120.0):
 
 
 def measure(name: str, command: list[str], signals: int, basket: int) -> dict:
-    gateway = SimGateway(port=0).start_in_thread()
+    gateway = SimGateway(port=0, always_open=True).start_in_thread()
     workdir = tempfile.mkdtemp(prefix=f"qdibkr-bench-{name}-")
     db = os.path.join(workdir, "queue.sqlite")
     config = os.path.join(workdir, "config.toml")

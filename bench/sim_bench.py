@@ -11,7 +11,8 @@ shared and noisy, so ratios travel better than absolute times):
   sustains with many ib_insync clients requesting quote snapshots, and the
   same per CPU-second of the simulator process (it runs on one core).
 
-The simulator runs in its own process, started as a user would (``qdibkr sim``).
+The simulator runs in its own process, started as a user would (``qdibkr sim``),
+always open (``--always-open``) so that its market orders fill at any hour.
 
     python bench/sim_bench.py [--clients 24] [--seconds 5] [--orders 300]
 
@@ -40,7 +41,7 @@ US_SYMBOLS = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "S
 
 
 def start_simulator() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "qdibkr", "sim", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "qdibkr", "sim", "--port", "0", "--always-open"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "simulated gateway listening on 127.0.0.1:PORT, ..."
     port = int(line.split("127.0.0.1:")[1].split(",")[0])

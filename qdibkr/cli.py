@@ -248,15 +248,20 @@ def cmd_sim(args):
 
     from .sim import SimGateway
 
-    gateway = SimGateway(
-        args.host, args.port, accounts=args.accounts.split(","), seed=args.seed,
-        state_path=args.state, live_data=[m for m in args.live_data.split(",") if m],
-        speed=args.speed)
+    try:
+        gateway = SimGateway(
+            args.host, args.port, accounts=args.accounts.split(","), seed=args.seed,
+            state_path=args.state, live_data=[m for m in args.live_data.split(",") if m],
+            speed=args.speed, start=args.start, always_open=args.always_open)
+    except ValueError as e:
+        raise InputError("--start" if args.start else "--speed", str(e)) from None
 
     async def serve():
         await gateway.start()
         print(f"simulated gateway listening on {gateway.host}:{gateway.port}, accounts {args.accounts}; "
               f"Ctrl-C stops it", flush=True)
+        print(gateway.market_state()
+              + (f"; time runs {args.speed:g}x real time" if args.speed != 1 else ""), flush=True)
         await gateway.serve_forever()
 
     try:
@@ -487,7 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--accounts", default="DU1234567", help="comma-separated paper account ids")
     sim.add_argument("--live-data", default="US", metavar="MARKETS",
                      help="markets with a live data subscription, of US,HK (others get delayed data); default US")
-    sim.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    sim.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second (0: time stands still)")
+    sim.add_argument("--start", metavar="INSTANT",
+                     help="start the simulated clock at this ISO-8601 instant, e.g. 2026-11-24T15:00:00Z (default: now)")
+    sim.add_argument("--always-open", action="store_true",
+                     help="trade around the clock instead of in the exchanges' sessions (offline play at any hour)")
     command("demo", cmd_demo, "trade against the simulated gateway, end to end")
     run = command("run", cmd_run, "run a notebook with papermill; its signals trade only if it succeeds")
     run.add_argument("notebook")

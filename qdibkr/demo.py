@@ -3,8 +3,10 @@
 ``qdibkr demo``:
 
 1. starts the simulated gateway on a free loopback port (a paper account;
-   nothing leaves the machine) and a runner (its own connection, client id 90)
-   on a fresh queue;
+   nothing leaves the machine), its clock inside a US trading session (now if
+   the market is open, else in its last session: it says which), so the demo
+   trades on any day and at any hour, and a runner (its own connection, client
+   id 90) on a fresh queue;
 2. runs the US strategy notebook (``notebooks/us_sma.ipynb``) in live mode with
    papermill: it fetches daily bars, computes the SMA crossover's targets and
    emits what the strategy lacks as signals, staged until the notebook has run
@@ -30,7 +32,7 @@ from .broker import Broker
 from .risk import RiskConfig
 from .runner import RUNNER_CLIENT_ID, Runner
 from .runs import run_notebook
-from .sim import SimGateway
+from .sim import SimGateway, describe_start, us_session_start
 from .store import Store
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "us_sma.ipynb"
@@ -47,8 +49,11 @@ def run_demo(work_dir: str | None = None) -> int:
         raise QdibkrError(f"the demo runs {NOTEBOOK}, which is not there: install qdibkr from its source folder "
                           f"(pip install -e .) to have the notebooks")
     work = Path(work_dir or tempfile.mkdtemp(prefix="qdibkr-demo-"))
-    gateway = SimGateway(port=0, state_path=str(work / "sim-state.json")).start_in_thread()
+    now = time.time()
+    start = us_session_start(now)
+    gateway = SimGateway(port=0, state_path=str(work / "sim-state.json"), start=start).start_in_thread()
     print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (work folder {work})")
+    print(describe_start(start, now))
     store = Store(work / "queue.sqlite")
     runner = Runner(store, Settings(port=gateway.port, client_id=RUNNER_CLIENT_ID), RiskConfig(outside_hours="send"))
     stop_runner = start_in_thread(runner)
@@ -63,7 +68,7 @@ def run_demo(work_dir: str | None = None) -> int:
         signals = wait_for_runner(store, run.id)
         section("signals", [{k: getattr(s, k) for k in SIGNAL_COLUMNS} for s in signals])
         if not signals:
-            print("(today every symbol's fast average is below its slow one: the strategy wants no position)")
+            print("\n(today every symbol's fast average is below its slow one: the strategy wants no position)")
         with Broker(Settings(port=gateway.port, client_id=CLIENT_IDS["cli"])) as ibkr:
             section("positions (the IB account)", ibkr.positions())
             section(f"positions of strategy {run.strategy} (the queue's record of its fills)",

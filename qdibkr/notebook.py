@@ -11,6 +11,7 @@ in the kernel) and the board lots their sizing needs.
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from .ibkr import IBKR
@@ -23,19 +24,22 @@ _gateways = []  # simulated gateways started in this kernel: they serve until it
 def gateway_port(port: int | None) -> int | None:
     """``port``, except that 0 starts a simulated gateway in this process, with a queue of its own
     (``QDIBKR_DB`` for this process), and gives its port. (Its bars are cached apart from TWS's by
-    ``qdibkr.bars`` itself, as any simulated gateway's are.)"""
+    ``qdibkr.bars`` itself, as any simulated gateway's are.) Its clock starts inside a US trading
+    session, so that orders trade on any day and at any hour; it prints where."""
     if port != 0:
         return port
-    from .sim import SimGateway
+    from .sim import SimGateway, describe_start, us_session_start
 
-    gateway = SimGateway(port=0).start_in_thread()
+    now = time.time()
+    start = us_session_start(now)
+    gateway = SimGateway(port=0, start=start).start_in_thread()
     _gateways.append(gateway)
     # Its account is not the one of the configured queue's strategies and fills: a queue of its own beside it,
     # for everything in this kernel (the widgets, qdibkr.emit), so the two never mix.
     queue = Path(tempfile.mkdtemp(prefix="qdibkr-sim-")) / "queue.sqlite"
     os.environ["QDIBKR_DB"] = str(queue)
     print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (paper account DU1234567, offline); "
-          f"its queue: {queue}")
+          f"its queue: {queue}\n{describe_start(start, now)}")
     return gateway.port
 
 

@@ -20,7 +20,10 @@ def isolated_settings(monkeypatch, tmp_path):
 
 @pytest.fixture
 def gateway(tmp_path):
-    gw = SimGateway(port=0, state_path=str(tmp_path / "sim-state.json"), tick_interval=0.02).start_in_thread()
+    """A simulated gateway that is always open: every test may trade US and Hong Kong stocks whatever the
+    host's day and hour (tests of the trading sessions, test_sim_sessions.py, set the clock themselves)."""
+    gw = SimGateway(port=0, state_path=str(tmp_path / "sim-state.json"), tick_interval=0.02,
+                    always_open=True).start_in_thread()
     yield gw
     gw.stop()
 

@@ -65,7 +65,7 @@ def gateway_with(tmp_path):
     started = []
 
     def start(**kwargs) -> SimGateway:
-        gw = SimGateway(port=0, **kwargs).start_in_thread()
+        gw = SimGateway(port=0, always_open=True, **kwargs).start_in_thread()
         started.append(gw)
         return gw
 

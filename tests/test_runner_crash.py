@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_never_duplicates_or_loses(tmp_path, gateway):
 
 def test_gateway_restart_in_the_middle_of_a_basket(tmp_path):
     state = tmp_path / "sim-state.json"
-    gateway = SimGateway(port=0, state_path=str(state)).start_in_thread()
+    gateway = SimGateway(port=0, state_path=str(state), always_open=True).start_in_thread()
     port = gateway.port
     store = Store(tmp_path / "queue.sqlite")
     basket(store, strategies=3)
@@ -87,7 +87,7 @@ def test_gateway_restart_in_the_middle_of_a_basket(tmp_path):
     while len(gateway.broker.orders) < 10:  # mid-basket
         thread.join(timeout=0.005)
     gateway.stop()  # TWS goes away (its daily restart); orders and fills are in its state file
-    gateway = SimGateway(port=port, state_path=str(state)).start_in_thread()
+    gateway = SimGateway(port=port, state_path=str(state), always_open=True).start_in_thread()
     try:
         thread.join(timeout=120)
         assert not thread.is_alive()

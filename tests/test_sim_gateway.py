@@ -354,7 +354,7 @@ def test_two_clients_see_their_own_and_all_orders(connect):
 
 def test_state_survives_reconnect_and_restart(tmp_path):
     state = str(tmp_path / "state.json")
-    gateway = SimGateway(port=0, state_path=state).start_in_thread()
+    gateway = SimGateway(port=0, state_path=state, always_open=True).start_in_thread()
     ib = IB().connect("127.0.0.1", gateway.port, clientId=1, timeout=5)
     aapl = Stock("AAPL", "SMART", "USD")
     ib.qualifyContracts(aapl)
@@ -365,7 +365,7 @@ def test_state_survives_reconnect_and_restart(tmp_path):
     ib.disconnect()
     gateway.stop()
 
-    gateway = SimGateway(port=0, state_path=state).start_in_thread()
+    gateway = SimGateway(port=0, state_path=state, always_open=True).start_in_thread()
     try:
         ib = IB().connect("127.0.0.1", gateway.port, clientId=1, timeout=5)
         assert positions_of(ib)["AAPL"].position == 4

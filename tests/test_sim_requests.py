@@ -29,7 +29,7 @@ AAPL, TENCENT = catalogue.find("AAPL")[0], catalogue.find("700")[0]
 @pytest.fixture
 def gateway():
     """A gateway with live US and HK data whose clock moves only when the test advances it."""
-    gw = SimGateway(port=0, tick_interval=0.02, speed=0, live_data=("US", "HK")).start_in_thread()
+    gw = SimGateway(port=0, tick_interval=0.02, speed=0, live_data=("US", "HK"), always_open=True).start_in_thread()
     yield gw
     gw.stop()
 
@@ -288,7 +288,7 @@ def test_real_time_bars_stream_the_historical_5_second_bars(gateway, ib):
 
 
 def test_real_time_bars_need_live_data_and_5_seconds():
-    gateway = SimGateway(port=0, tick_interval=0.02, speed=0).start_in_thread()  # live US data only
+    gateway = SimGateway(port=0, tick_interval=0.02, speed=0, always_open=True).start_in_thread()  # live US data only
     try:
         ib = IB().connect("127.0.0.1", gateway.port, clientId=1, timeout=5)
         seen = errors_of(ib)

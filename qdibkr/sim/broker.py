@@ -25,10 +25,18 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
   works them out on the order's cumulative size and value: each fill is charged
   the order's new total less what its earlier fills paid.
 - Average cost includes commissions; realised P&L is net of them (as IB does).
-- DAY orders still open at the exchange's 16:00 local close are cancelled.
 - Order states as TWS reports them: an accepted order is PreSubmitted, then
   Submitted once it works at the exchange (a market order that fills at once
   goes straight to Filled); one refused with error 201 stays, Inactive.
+- Orders trade in their listing's session only (``sessions.Sessions``): one
+  placed while the market is closed is accepted and stays ``PreSubmitted``, with
+  TWS's warning 399 saying when it will be placed, until the session opens; it
+  is then ``Submitted`` and trades. Limit orders with ``outsideRth`` may trade
+  in the US pre- and post-market. A resting limit is never filled by the price
+  path of a closed market.
+- DAY orders still open at the session's close (the post-market's end for an
+  ``outsideRth`` limit) are cancelled; one placed after the close is good for
+  the next session.
 - P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
   since the position was opened, realised today, and daily P&L since the
   previous session's close (the quote's ``close``): positions held then count
@@ -46,6 +54,7 @@ from ..symbols import SIMULATOR_TAG
 from . import catalogue
 from .catalogue import Listing
 from .market import PriceModel
+from .sessions import ORDER_MESSAGE, Sessions, extended_hours
 
 SWEEP_LEVELS = 10
 PRICE_BAND = 0.10
@@ -109,6 +118,11 @@ class Order:
     def listing(self) -> Listing:
         return catalogue.by_con_id(self.con_id)
 
+    @property
+    def extended(self) -> bool:
+        """Whether it may trade outside regular hours (a limit order with outsideRth)."""
+        return extended_hours(self.order_type, self.outside_rth)
+
 
 @dataclass
 class Execution:
@@ -157,6 +171,15 @@ class OrderChanged:
 class Filled:
     order: Order
     execution: Execution
+
+
+@dataclass(frozen=True)
+class OrderWarning:
+    """A warning TWS sends about an order it accepted (an error message on the order's id)."""
+
+    order: Order
+    code: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -213,9 +236,10 @@ def to_usd(amount: float, currency: str) -> float:
 
 
 class Broker:
-    def __init__(self, accounts: list[str], model: PriceModel, clock, cash=None):
+    def __init__(self, accounts: list[str], model: PriceModel, clock, cash=None, sessions: Sessions | None = None):
         self.model = model
         self.clock = clock
+        self.sessions = sessions or Sessions()
         cash = cash or {"USD": 1_000_000.0, "HKD": 1_000_000.0}
         self.accounts = {a: Account(a, dict(cash)) for a in accounts}
         self.orders: dict[tuple[int, int], Order] = {}
@@ -253,7 +277,9 @@ class Broker:
         return next(iter(self.accounts))
 
     def quote(self, listing: Listing, t: float):
-        """The model's quote, remembered for the instant: one order asks for it several times."""
+        """The model's quote, remembered for the instant: one order asks for it several times.
+        While the listing's market is closed it stands still at the session's last prices."""
+        t = self.sessions.market_time(listing, t)
         key = (listing.con_id, t)
         if key not in self._quotes:
             if len(self._quotes) > 256:
@@ -262,7 +288,8 @@ class Broker:
         return self._quotes[key]
 
     def mark_price(self, listing: Listing, t: float | None = None) -> float:
-        return catalogue.round_to_tick(listing, self.model.mid(listing, self.clock.now() if t is None else t))
+        t = self.sessions.market_time(listing, self.clock.now() if t is None else t)
+        return catalogue.round_to_tick(listing, self.model.mid(listing, t))
 
     # ------------------------------------------------------------ orders
     def place(self, client_id: int, order_id: int, listing: Listing, request: OrderRequest) -> list:
@@ -281,17 +308,24 @@ class Broker:
                 self._finish(order, "Inactive", "Rejected")
                 r.order = replace(order)
             raise
+        extended = extended_hours(request.order_type, request.outside_rth)
         if existing:
             existing.quantity = quantity
             existing.limit_price = request.limit_price if request.order_type == "LMT" else None
             existing.order_type = request.order_type
             existing.tif = request.tif
-            existing.expires_at = self._expiry(listing, request.tif, now)
+            existing.outside_rth = request.outside_rth
+            existing.expires_at = self._expiry(listing, request.tif, extended, now)
             existing.crossed_at = now
             order = existing
         else:
             order = self._new_order(client_id, order_id, listing, request, account, quantity, now)
         self.dirty = True
+        opens = self.sessions.next_open(listing, now, extended)
+        if opens != now:  # TWS holds it until its session opens, and says so
+            order.status = "PreSubmitted"
+            text = self.sessions.deferral_warning(listing, order.action, order.quantity, opens or now)
+            return [OrderChanged(replace(order)), OrderWarning(replace(order), ORDER_MESSAGE, text)]
         events = [OrderChanged(replace(order)), *self._match_order(order, now, placing=True)]
         if order.status == "PreSubmitted":  # not filled at once: it rests, working at the exchange
             events += self._submit(order)
@@ -300,13 +334,14 @@ class Broker:
     def _new_order(self, client_id: int, order_id: int, listing: Listing, request: OrderRequest, account: str,
                    quantity: float, now: float) -> Order:
         """Record a new order, PreSubmitted, with the next permId."""
+        extended = extended_hours(request.order_type, request.outside_rth)
         order = Order(
             client_id=client_id, order_id=order_id, perm_id=self.next_perm_id, account=account,
             con_id=listing.con_id, action=request.action, quantity=quantity,
             order_type=request.order_type,
             limit_price=request.limit_price if request.order_type == "LMT" else None,
             tif=request.tif, order_ref=request.order_ref, outside_rth=request.outside_rth,
-            placed_at=now, expires_at=self._expiry(listing, request.tif, now), crossed_at=now)
+            placed_at=now, expires_at=self._expiry(listing, request.tif, extended, now), crossed_at=now)
         self.next_perm_id += 1
         self.orders[(client_id, order_id)] = order
         self.next_order_id = max(self.next_order_id, order_id + 1)
@@ -329,16 +364,36 @@ class Broker:
         return [OrderChanged(replace(order))]
 
     def match(self) -> list:
-        """One matching pass over every open order: fills, expiries."""
+        """One matching pass over every open order: expiries, orders whose session opened, fills."""
         now = self.clock.now()
         events = []
         for order in self.open_orders():
+            listing = order.listing
             if order.expires_at is not None and now >= order.expires_at:
                 self._finish(order, "Cancelled", "Cancelled: DAY order expired at the close")
                 events.append(OrderChanged(replace(order)))
+            elif not self.sessions.may_trade(listing, now, order.extended):
+                continue  # waits for its session
+            elif order.status == "PreSubmitted":  # its session opened: placed at the exchange now
+                order.crossed_at = now
+                events += self._submit(order)
+                events += self._match_order(order, now, placing=True)
             else:
+                order.crossed_at = max(order.crossed_at, self.sessions.window_start(listing, now, order.extended))
                 events += self._match_order(order, now, placing=False)
         return events
+
+    def next_wakeup(self, now: float) -> float | None:
+        """The next instant after ``now`` when an open order's fate may change without a price
+        move: its session opens or it expires. A clock that jumps steps through these."""
+        times = []
+        for order in self.open_orders():
+            if order.expires_at is not None:
+                times.append(order.expires_at)
+            if not self.sessions.may_trade(order.listing, now, order.extended):
+                times.append(self.sessions.next_open(order.listing, now, order.extended))
+        later = [t for t in times if t is not None and t > now]
+        return min(later) if later else None
 
     # ------------------------------------------------------------ rules
     def _validate(self, listing: Listing, request: OrderRequest, account: str, existing: Order | None,
@@ -401,16 +456,9 @@ class Broker:
         price = order.limit_price if order.limit_price is not None else self.quote(order.listing, now).ask
         return order.remaining * price
 
-    def _expiry(self, listing: Listing, tif: str, now: float) -> float | None:
-        """The next 16:00 in the exchange's time zone on a weekday, for DAY orders."""
-        if tif != "DAY":
-            return None
-        zone = ZoneInfo(listing.time_zone)
-        local = dt.datetime.fromtimestamp(now, zone)
-        close = local.replace(hour=16, minute=0, second=0, microsecond=0)
-        while close <= local or close.weekday() >= 5:
-            close = (close + dt.timedelta(days=1)).replace(hour=16, minute=0, second=0, microsecond=0)
-        return close.timestamp()
+    def _expiry(self, listing: Listing, tif: str, extended: bool, now: float) -> float | None:
+        """When a DAY order expires: the close of the session under way or, after it, the next one's."""
+        return self.sessions.day_close(listing, now, extended) if tif == "DAY" else None
 
     # ------------------------------------------------------------ matching
     def _match_order(self, order: Order, now: float, placing: bool) -> list:

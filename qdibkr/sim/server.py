@@ -30,11 +30,12 @@ import time
 from zoneinfo import ZoneInfo
 
 from . import catalogue, incoming, messages as msg, streams, wire
-from .broker import Broker, Filled, OrderChanged, OrderRequest, PositionChanged, Rejection
+from .broker import Broker, Filled, OrderChanged, OrderRequest, OrderWarning, PositionChanged, Rejection
 from .catalogue import Listing
 from .clock import SimClock
 from .market import MAX_BOOK_LEVELS, PriceModel, bar_seconds, head_timestamp, parse_what_to_show
 from .pacing import MAX_DEPTH_SUBSCRIPTIONS, MAX_TICK_BY_TICK_SUBSCRIPTIONS, HistoricalPacing, MessageRate
+from .sessions import Sessions
 
 log = logging.getLogger("qdibkr.sim")
 
@@ -340,8 +341,15 @@ class Session(asyncio.Protocol):
     def start_stream(self, req_id: int, stream):
         """Keep a stream of streams.py for the market passes, and send what it has now."""
         self.streams[req_id] = stream
-        for message in stream.update(self.gateway.clock.now()):
+        for message in stream.update(self.stream_time(stream, self.gateway.clock.now())):
             self.send(message)
+
+    def stream_time(self, stream, now: float) -> float:
+        """The instant a stream shows: tick-by-tick data and depth stand still while their market is
+        closed, as quotes do; real-time bars already skip closed hours, P&L follows the marks."""
+        if isinstance(stream, (streams.TickByTick, streams.MarketDepth)):
+            return self.gateway.broker.sessions.market_time(stream.listing, now)
+        return now
 
     def cancel_stream(self, fields):
         self.streams.pop(incoming.req_id(fields), None)
@@ -683,7 +691,7 @@ class Session(asyncio.Protocol):
             self.send_quote(req_id, sub, now)
         if self.streams:  # most clients have none: keep their pass as cheap as before
             for stream in self.streams.values():
-                for message in stream.update(now):
+                for message in stream.update(self.stream_time(stream, now)):
                     self.send(message)
         if self.account_updates and (portfolio_due or self.account_updates in self.accounts_changed):
             self.send_account(self.account_updates, portfolio=portfolio_due)
@@ -746,13 +754,17 @@ class SimGateway:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7497, *, accounts=DEFAULT_ACCOUNTS,
                  seed: int = 0, state_path: str | None = None, live_data=("US",),
-                 tick_interval: float = 0.25, speed: float = 1.0, max_clients: int = MAX_CLIENTS,
-                 max_rate: int = 50):
+                 tick_interval: float = 0.25, speed: float = 1.0, start=None, always_open: bool = False,
+                 max_clients: int = MAX_CLIENTS, max_rate: int = 50):
+        """``start`` (an ISO-8601 instant such as "2026-11-24T15:00:00Z", an aware datetime or POSIX
+        seconds; default now) and ``speed`` (simulated seconds per real second) set the simulated
+        clock. Orders trade in their exchange's sessions on that clock; ``always_open`` is the
+        around-the-clock market instead, for offline play at any hour (see ``sessions``)."""
         self.host = host
         self.port = port
-        self.clock = SimClock(speed)
+        self.clock = SimClock(speed, start)
         self.model = PriceModel(seed)
-        self.broker = Broker(list(accounts), self.model, self.clock)
+        self.broker = Broker(list(accounts), self.model, self.clock, sessions=Sessions(always_open))
         self.state_path = state_path
         if state_path and os.path.exists(state_path):
             self.broker.load(state_path)
@@ -782,6 +794,7 @@ class SimGateway:
         await loop.run_in_executor(None, catalogue.load_calendars)
         self._server = await loop.create_server(lambda: Session(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.clock.begin()
         self.spawn(self.market_loop())
         log.info("simulated gateway listening on %s:%d (accounts %s)", self.host, self.port, ",".join(self.broker.accounts))
         return self
@@ -880,15 +893,27 @@ class SimGateway:
         self._thawed.set()
 
     def advance(self, seconds: float):
-        """Move simulated time forward and run a market pass (thread-safe)."""
-        async def step():
-            self.clock.advance(seconds)
+        """Move simulated time forward and run a market pass (thread-safe). A jump over a session's
+        opening or an order's expiry stops there first for a pass, so an order waiting for the open
+        trades at the open and a DAY order expires at its close, as if the time had passed."""
+        def jump():
+            target = self.clock.now() + seconds
+            while (wakeup := self.broker.next_wakeup(self.clock.now())) is not None and wakeup <= target:
+                self.clock.advance_to(wakeup)
+                self.market_pass()
+            self.clock.advance_to(target)
             self.market_pass()
+
+        async def step():
+            jump()
         if self._loop and self._thread and threading.current_thread() is not self._thread:
             asyncio.run_coroutine_threadsafe(step(), self._loop).result(timeout=30)
         else:
-            self.clock.advance(seconds)
-            self.market_pass()
+            jump()
+
+    def market_state(self) -> str:
+        """The clock, the mode and each exchange's state, as ``qdibkr sim`` prints them."""
+        return self.broker.sessions.describe(self.clock.now())
 
     def spawn(self, coro):
         task = asyncio.ensure_future(coro)
@@ -967,5 +992,7 @@ class SimGateway:
                 continue
             if isinstance(event, OrderChanged):
                 owner.send_order(event.order)
+            elif isinstance(event, OrderWarning):
+                owner.error(event.order.order_id, event.code, event.text)
             elif isinstance(event, Filled):
                 owner.send_fill(event.order, event.execution)
