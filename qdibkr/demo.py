@@ -55,7 +55,7 @@ def run_demo(work_dir: str | None = None) -> int:
     print(f"simulated gateway listening on 127.0.0.1:{gateway.port} (work folder {work})")
     print(describe_start(start, now))
     store = Store(work / "queue.sqlite")
-    runner = Runner(store, Settings(port=gateway.port, client_id=RUNNER_CLIENT_ID), RiskConfig(outside_hours="send"))
+    runner = Runner(store, Settings(port=gateway.port, client_id=RUNNER_CLIENT_ID), RiskConfig())
     stop_runner = start_in_thread(runner)
     print(f"runner started (client id {RUNNER_CLIENT_ID}) on the queue {store.path}")
     try:

@@ -6,7 +6,6 @@ from ib_insync import IB, util
 from qdibkr.broker import until
 from qdibkr.ibkr import IBKR
 from qdibkr.sim import SimGateway
-from qdibkr.sim.clock import SimClock
 from qdibkr.store import Store
 
 
@@ -87,17 +86,17 @@ def wait_until(ib: IB, condition, timeout: float = 5.0):
 
 
 @pytest.fixture
-def gateway_at(tmp_path):
-    """Start simulated gateways whose clocks begin at a given instant (POSIX seconds), whatever the host's
-    date: for what depends on the day (trading hours, fee rates). Each is stopped afterwards."""
-    gateways = []
+def gateway_at():
+    """Start simulated gateways whose clocks begin at an instant (ISO-8601, aware datetime or POSIX
+    seconds), whatever the host's date, and stand still unless ``speed`` says otherwise: for what
+    depends on the day and hour (trading sessions, fee rates). Each is stopped afterwards."""
+    started = []
 
-    def _start(start: float) -> SimGateway:
-        gw = SimGateway(port=0, state_path=str(tmp_path / f"sim-state-{len(gateways)}.json"), tick_interval=0.02)
-        gw.clock = gw.broker.clock = SimClock(start=start)
-        gateways.append(gw.start_in_thread())
+    def start(instant, speed=0.0, **kwargs) -> SimGateway:
+        gw = SimGateway(port=0, tick_interval=0.02, start=instant, speed=speed, **kwargs).start_in_thread()
+        started.append(gw)
         return gw
 
-    yield _start
-    for gw in gateways:
+    yield start
+    for gw in started:
         gw.stop()

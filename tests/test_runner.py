@@ -181,17 +181,31 @@ def test_hold_on_breach_keeps_the_signal(store, gateway):
     assert "max_orders_per_day of 1" in store.signals()[1].reason
 
 
-def test_outside_hours_holds_by_default(store, gateway, monkeypatch):
-    from qdibkr import hours
-    monkeypatch.setattr(hours, "is_open", lambda market, when: False)
+SUNDAY = "2026-11-29T08:19:00Z"  # 03:19 in New York
+TUESDAY_SESSION = "2026-11-24T15:00:00Z"  # 10:00 in New York
+
+
+def test_outside_hours_holds_by_default_by_the_gateways_clock(store, gateway_at):
+    """Trading hours are judged by TWS's clock, not the host's: one of the two gateways below contradicts
+    the host's clock whatever its day and hour, and the runner follows the gateway's each time."""
+    closed = gateway_at(SUNDAY)
     emit("open_long", "AAPL", 1, strategy="a", store=store)
-    run_once(store, gateway, RiskConfig())
+    run_once(store, closed, RiskConfig())
     [signal] = store.signals()
-    assert signal.status == "held" and "outside trading hours" in signal.reason
+    assert signal.status == "held" and "the market opens 2026-11-30 14:30 UTC" in signal.reason
     emit("add_long", "AAPL", 2, strategy="a", store=store)  # queued behind the held one
-    run_once(store, gateway, RiskConfig())  # a --once run ends: nothing can be sent before the open
+    run_once(store, closed, RiskConfig())  # a --once run ends: nothing can be sent before the open
     assert statuses(store) == [("open_long", "held"), ("add_long", "pending")]
-    run_once(store, gateway, RiskConfig(outside_hours="reject"))
+    assert closed.broker.orders == {}
+
+    run_once(store, gateway_at(TUESDAY_SESSION), RiskConfig())
+    assert statuses(store) == [("open_long", "filled"), ("add_long", "filled")]
+
+
+def test_outside_hours_reject(store, gateway_at):
+    emit("open_long", "AAPL", 1, strategy="a", store=store)
+    emit("add_long", "AAPL", 2, strategy="a", store=store)
+    run_once(store, gateway_at(SUNDAY), RiskConfig(outside_hours="reject"))
     assert statuses(store) == [("open_long", "rejected"), ("add_long", "rejected")]
 
 

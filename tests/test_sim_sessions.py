@@ -28,21 +28,6 @@ TENCENT = Stock("700", "SEHK", "HKD")
 
 
 @pytest.fixture
-def gateway_at():
-    """Start a simulated gateway at an instant, its clock standing still unless ``speed`` says otherwise."""
-    started = []
-
-    def start(instant, speed=0.0, **kwargs) -> SimGateway:
-        gw = SimGateway(port=0, tick_interval=0.02, start=instant, speed=speed, **kwargs).start_in_thread()
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
-
-
-@pytest.fixture
 def client():
     clients = []
 
