@@ -26,7 +26,9 @@ BIG_REQUEST = ("1 Y", "5 mins", "TRADES", False)
 
 # ---------------------------------------------------------------- state survives the process
 def start_sim(state: str) -> tuple[subprocess.Popen, int]:
-    """``qdibkr sim --state FILE`` in its own process, as a user runs it; returns it and its port."""
+    """``qdibkr sim --state FILE`` in its own process, as a user runs it; returns it and its port.
+    (Its market must be open for a market order to fill: where the simulator follows the exchanges'
+    sessions, start its clock inside one.)"""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "qdibkr", "sim", "--port", "0", "--state", state],
                             stdout=subprocess.PIPE, text=True, env=env)
@@ -228,6 +230,21 @@ def memory_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise LookupError(field)
+
+
+def test_a_cancelled_historical_request_is_dropped_and_confirmed(connect):
+    ib = connect(1)
+    errors = []
+    ib.errorEvent += lambda req_id, code, text, contract: errors.append((req_id, code, text))
+    spy = Stock("SPY", "SMART", "USD")
+    ib.qualifyContracts(spy)
+    first, second = ib.client.getReqId(), ib.client.getReqId()
+    for req_id in (first, second):  # the second waits for the first to be computed
+        ib.client.reqHistoricalData(req_id, spy, "", *BIG_REQUEST, 1, False, [])
+    ib.client.cancelHistoricalData(second)
+    ib.run(asyncio.wait_for(ib.errorEvent, 10))
+    assert errors == [(second, 162, f"Historical Market Data Service error message:API historical data query "
+                                    f"cancelled: {second}")]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the simulator's memory from /proc")
