@@ -165,6 +165,16 @@ def test_the_sixth_request_for_one_contract_within_two_seconds_breaks_pacing(con
         (162, "Historical Market Data Service error message:Historical data request pacing violation")]
 
 
+def test_a_duration_too_long_for_the_bar_size_gets_tws_error_162(connect):
+    ib = connect(1)
+    errors = []
+    ib.errorEvent += lambda req_id, code, text, contract: errors.append((code, text))
+    spy = Stock("SPY", "SMART", "USD")
+    ib.qualifyContracts(spy)
+    assert not ib.reqHistoricalData(spy, "", "1 W", "1 secs", "TRADES", useRTH=True)
+    assert errors == [(162, "Historical Market Data Service error message:Time length exceed max.")]
+
+
 # ---------------------------------------------------------------- the cost of one request is bounded
 class RawFlooder:
     """A bare API client on its own thread: it asks for BIG_REQUEST bars of SPY ``count`` times at once

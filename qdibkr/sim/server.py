@@ -55,6 +55,10 @@ FARM_STATUS = (
 )
 NO_SECURITY = "No security definition has been found for the request"
 PACING_VIOLATION = "Historical data request pacing violation"
+# What TWS answers (error 162, "...:Time length exceed max.") to a duration too long for the bar
+# size, as IB client libraries quote it in their error tables and comments; the price model raises
+# it with its own explanation after these words.
+TOO_LONG = "Time length exceed max"
 DELAY_SECONDS = 15 * 60
 PORTFOLIO_REFRESH_SECONDS = 3.0
 
@@ -530,7 +534,10 @@ class Session(asyncio.Protocol):
             try:
                 data = await asyncio.get_running_loop().run_in_executor(self.gateway.bar_worker, answer)
             except ValueError as e:
-                self.invalid(req_id, duration, str(e))
+                if str(e).startswith(TOO_LONG):
+                    self.error(req_id, 162, f"Historical Market Data Service error message:{TOO_LONG}.")
+                else:
+                    self.invalid(req_id, duration, str(e))
                 return
         if data is None:
             self.error(req_id, 162, "Historical Market Data Service error message:HMDS query returned no data")
