@@ -209,14 +209,17 @@ async def measure_flood(port: int, pid: int, seconds: float) -> dict:
     warm_up.stop()
     before = memory_mb(pid)
     flood = BarFlood(port, rate=5, client_id=301)
-    connects, peak, until = [], before, time.perf_counter() + seconds
+    connects, timeouts, peak, until = [], 0, before, time.perf_counter() + seconds
     for i in itertools.count():
         if time.perf_counter() >= until:
             break
         ib = IB()
         started = time.perf_counter()
-        await ib.connectAsync("127.0.0.1", port, clientId=400 + i, timeout=10)
-        connects.append(time.perf_counter() - started)
+        try:
+            await ib.connectAsync("127.0.0.1", port, clientId=400 + i, timeout=10)
+            connects.append(time.perf_counter() - started)
+        except (asyncio.TimeoutError, ConnectionError):
+            timeouts += 1
         ib.disconnect()
         peak = max(peak, memory_mb(pid, "VmHWM"))
         await asyncio.sleep(0.5)
@@ -225,7 +228,8 @@ async def measure_flood(port: int, pid: int, seconds: float) -> dict:
             "flood_answers": flood.answers, "flood_refused_322": flood.errors.pop(322, 0),
             "flood_other_errors": sum(flood.errors.values()),
             "flood_rss_before_mb": before, "flood_rss_peak_mb": peak,
-            **milliseconds("flood_other_client_connect", connects)}
+            **(milliseconds("flood_other_client_connect", connects) if connects else {}),
+            "flood_other_client_connect_timeouts_10s": timeouts}
 
 
 async def main(args) -> dict:
