@@ -4,6 +4,7 @@ IB's pacing rules, and a refused sale that must leave no trace in the portfolio.
 
 import asyncio
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -70,6 +71,28 @@ def test_a_fill_reported_to_a_client_survives_the_end_of_the_process(tmp_path, h
         proc.wait(timeout=10)
 
 
+def test_a_journal_entry_the_snapshot_holds_or_one_torn_by_a_crash_is_not_replayed(tmp_path):
+    """A crash between rewriting the snapshot and deleting the journal leaves entries the snapshot
+    already holds; a crash in mid-append leaves half a line. Neither is applied on restart."""
+    state = str(tmp_path / "state.json")
+    gateway = SimGateway(port=0, state_path=state).start_in_thread()
+    try:
+        ib = IB().connect("127.0.0.1", gateway.port, clientId=1, timeout=5)
+        aapl = Stock("AAPL", "SMART", "USD")
+        ib.qualifyContracts(aapl)
+        trade = ib.placeOrder(aapl, MarketOrder("BUY", 3))
+        ib.run(asyncio.wait_for(trade.filledEvent, 10))
+        ib.disconnect()
+        journal = Path(state + ".journal").read_text()
+    finally:
+        gateway.stop()  # the snapshot now holds the fill, and the journal is gone
+    Path(state + ".journal").write_text(journal + '{"sequence": 99, "chan')
+
+    broker = SimGateway(port=0, state_path=state).broker
+    assert [p.quantity for p in broker.held_positions()] == [3]
+    assert len(broker.executions) == 1
+
+
 # ---------------------------------------------------------------- no ghost portfolio rows
 def test_a_refused_sale_of_a_stock_never_held_leaves_no_portfolio_row(gateway, connect):
     ib = connect(1)
@@ -91,6 +114,27 @@ def test_a_refused_sale_of_a_stock_never_held_leaves_no_portfolio_row(gateway, c
         assert other.portfolio() == [] and other.positions() == []
     finally:
         other.disconnect()
+
+
+def test_a_ghost_row_in_a_state_file_of_an_older_simulator_is_dropped(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({
+        "version": 1, "next_order_id": 2, "next_perm_id": 1_000_000_002, "orders": [], "executions": [],
+        "accounts": [{"account_id": "DU1234567", "cash": {"USD": 1e6, "HKD": 1e6}, "realized_pnl": {}}],
+        "positions": [{"account": "DU1234567", "con_id": 272093, "quantity": 0, "avg_cost": 0.0,
+                       "realized_pnl": 0.0}],  # MSFT, never held: a refused sale left it
+    }))
+
+    gateway = SimGateway(port=0, state_path=str(state)).start_in_thread()
+    rows = []
+    ib = IB()
+    ib.updatePortfolioEvent += rows.append
+    try:
+        ib.connect("127.0.0.1", gateway.port, clientId=1, timeout=5)  # subscribes to the account
+        assert rows == []
+    finally:
+        ib.disconnect()
+        gateway.stop()
 
 
 # ---------------------------------------------------------------- handshake timeout

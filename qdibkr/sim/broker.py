@@ -554,7 +554,10 @@ class Broker:
         self.next_order_id = state["next_order_id"]
         self.next_perm_id = state["next_perm_id"]
         self.accounts = {a["account_id"]: Account(**a) for a in state["accounts"]}
-        self.positions = {(p["account"], p["con_id"]): Position(**p) for p in state["positions"]}
+        # An all-zero row is one an older simulator created by merely reading a position (for a
+        # refused sale of a stock never held): dropped, or every portfolio update would show it.
+        self.positions = {(p["account"], p["con_id"]): Position(**p) for p in state["positions"]
+                          if p["quantity"] or p["avg_cost"] or p["realized_pnl"]}
         self.orders = {(o["client_id"], o["order_id"]): Order(**o) for o in state["orders"]}
         self.executions = [Execution(**e) for e in state["executions"]]
         self.dirty = False
