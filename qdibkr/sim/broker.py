@@ -417,7 +417,8 @@ class Broker:
 
         account = self.accounts[order.account]
         currency = listing.currency
-        position = self.positions.setdefault((order.account, listing.con_id), Position(order.account, listing.con_id))
+        key = (order.account, listing.con_id)
+        position = self.positions.setdefault(key, Position(*key))  # the row appears with the first fill
         realized = None
         if buying:
             cost = position.quantity * position.avg_cost + shares * price + commission
