@@ -9,18 +9,25 @@ shared and noisy, so ratios travel better than absolute times):
   status, vs. a ``reqCurrentTime`` round trip on the same connection;
 - throughput: messages per second (both directions) that the simulator
   sustains with many ib_insync clients requesting quote snapshots, and the
-  same per CPU-second of the simulator process (it runs on one core).
+  same per CPU-second of the simulator process (it runs on one core);
+- durable state: the order round trip again with ``--state FILE``, where every
+  change is journaled and fsync'ed before the fill is reported;
+- historical flood: one client asking for a year of 5-minute bars outside
+  regular hours (about 48,000 bars each) five times a second, as in issue 12:
+  the simulator's resident memory before and at its peak, the answers and
+  refusals the flood got, and meanwhile another client's connect time.
 
 The simulator runs in its own process, started as a user would (``qdibkr sim``),
 always open (``--always-open``) so that its market orders fill at any hour.
 
-    python bench/sim_bench.py [--clients 24] [--seconds 5] [--orders 300]
+    python bench/sim_bench.py [--clients 24] [--seconds 5] [--orders 300] [--flood-seconds 25]
 
 Prints the figures and writes them to bench/results/sim_bench.json.
 """
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -28,20 +35,22 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 from ib_insync import IB, MarketOrder, Stock
 
-from qdibkr.sim.wire import FrameReader
+from qdibkr.sim.wire import FrameReader, encode
 from stats import milliseconds  # bench/stats.py
 
 RESULTS = Path(__file__).parent / "results" / "sim_bench.json"
 US_SYMBOLS = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "SPY", "QQQ"]
 
 
-def start_simulator() -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "qdibkr", "sim", "--port", "0", "--always-open"],
+def start_simulator(*options: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "qdibkr", "sim", "--port", "0", "--always-open", *options],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "simulated gateway listening on 127.0.0.1:PORT, ..."
     port = int(line.split("127.0.0.1:")[1].split(",")[0])
@@ -51,6 +60,14 @@ def start_simulator() -> tuple[subprocess.Popen, int]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process now (VmRSS) or at its peak so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(field)
 
 
 def frame(payload: bytes) -> bytes:
@@ -138,17 +155,105 @@ async def measure_throughput(port: int, pid: int, clients: int, seconds: float) 
             "messages_per_simulator_cpu_second": messages / cpu if cpu else float("inf")}
 
 
+class BarFlood:
+    """A bare API client on its own thread asking for a year of SPY's 5-minute bars outside regular
+    hours ``rate`` times a second (each ending on another day: none identical), and counting what it
+    gets: answers (historicalData) and errors. It reads without decoding, so it loads only the simulator."""
+
+    def __init__(self, port: int, rate: float, client_id: int):
+        self.answers, self.errors = 0, {}
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(b"API\0" + frame(b"v157..176"))
+        self.sock.recv(4096)  # the version answer
+        self.sock.sendall(encode([71, 2, client_id, ""]))
+        self.rate = rate
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.ask, daemon=True), threading.Thread(target=self.read, daemon=True)]
+        for thread in self.threads:
+            thread.start()
+
+    def ask(self):
+        spy = [756733, "SPY", "STK", "", 0.0, "", "", "SMART", "", "USD", "", "", 0]
+        req_id = 0
+        while not self.stopping.wait(1 / self.rate):
+            req_id += 1
+            end = time.strftime("%Y%m%d 12:00:00 America/New_York", time.gmtime(1_700_000_000 - req_id * 86400))
+            self.sock.sendall(encode([20, req_id, *spy, end, "5 mins", "1 Y", 0, "TRADES", 1, 0, ""]))
+
+    def read(self):
+        buffer = bytearray()
+        try:
+            while data := self.sock.recv(1 << 20):
+                buffer += data
+                while len(buffer) >= 4 and len(buffer) >= 4 + (size := struct.unpack_from(">I", buffer)[0]):
+                    fields = bytes(buffer[4:4 + size]).split(b"\0", 5)
+                    del buffer[:4 + size]
+                    if fields[0] == b"17":
+                        self.answers += 1
+                    elif fields[0] == b"4" and not fields[3].startswith(b"21"):  # not a farm status
+                        self.errors[int(fields[3])] = self.errors.get(int(fields[3]), 0) + 1
+        except OSError:
+            pass
+
+    def stop(self):
+        self.stopping.set()
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+async def measure_flood(port: int, pid: int, seconds: float) -> dict:
+    """The simulator's memory under a flood of year-long bar requests, and another client's connects."""
+    warm_up = BarFlood(port, rate=1, client_id=300)  # the first bars load what every later request uses
+    while not warm_up.answers:
+        await asyncio.sleep(0.1)
+    warm_up.stop()
+    before = memory_mb(pid)
+    flood = BarFlood(port, rate=5, client_id=301)
+    connects, timeouts, peak, until = [], 0, before, time.perf_counter() + seconds
+    for i in itertools.count():
+        if time.perf_counter() >= until:
+            break
+        ib = IB()
+        started = time.perf_counter()
+        try:
+            await ib.connectAsync("127.0.0.1", port, clientId=400 + i, timeout=10)
+            connects.append(time.perf_counter() - started)
+        except (asyncio.TimeoutError, ConnectionError):
+            timeouts += 1
+        ib.disconnect()
+        peak = max(peak, memory_mb(pid, "VmHWM"))
+        await asyncio.sleep(0.5)
+    flood.stop()
+    return {"flood_seconds": seconds, "flood_requests_per_second": flood.rate,
+            "flood_answers": flood.answers, "flood_refused_322": flood.errors.pop(322, 0),
+            "flood_other_errors": sum(flood.errors.values()),
+            "flood_rss_before_mb": before, "flood_rss_peak_mb": peak,
+            **(milliseconds("flood_other_client_connect", connects) if connects else {}),
+            "flood_other_client_connect_timeouts_10s": timeouts}
+
+
 async def main(args) -> dict:
+    results = {}
     proc, port = start_simulator()
     try:
-        results = {}
         results.update(await measure_connect(port, args.connects))
         results.update(await measure_orders(port, args.orders))
         results.update(await measure_throughput(port, proc.pid, args.clients, args.seconds))
-        return results
+        if args.flood_seconds:
+            results.update(await measure_flood(port, proc.pid, args.flood_seconds))
     finally:
         proc.terminate()
         proc.wait()
+    with tempfile.TemporaryDirectory() as work:
+        proc, port = start_simulator("--state", str(Path(work) / "state.json"))
+        try:
+            durable = await measure_orders(port, args.orders)
+        finally:
+            proc.terminate()
+            proc.wait()
+    results.update({f"with_state_{name}": value for name, value in durable.items()})
+    return results
 
 
 if __name__ == "__main__":
@@ -157,6 +262,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--connects", type=int, default=30)
+    parser.add_argument("--flood-seconds", type=float, default=25.0, help="0: skip the historical data flood")
     figures = asyncio.run(main(parser.parse_args()))
     for name, value in figures.items():
         print(f"{name:36s} {value:12.3f}" if isinstance(value, float) else f"{name:36s} {value:12d}")

@@ -172,11 +172,13 @@ def test_daily_and_intraday_bars_agree_with_live_price(gateway, ib):
 
 
 def test_identical_historical_request_within_15s_gets_162(ib):
+    """Paced for bars of 30 seconds or less (IB lifted the limits for larger ones)."""
     seen = errors_of(ib)
     spy = Stock("SPY", "SMART", "USD")
     ib.qualifyContracts(spy)
-    assert ib.reqHistoricalData(spy, "", "2 D", "1 hour", "TRADES", useRTH=True)
-    assert len(ib.reqHistoricalData(spy, "", "2 D", "1 hour", "TRADES", useRTH=True)) == 0
+    request = (spy, "20250603 11:00:00 America/New_York", "1800 S", "30 secs", "TRADES", True)  # a Tuesday
+    assert ib.reqHistoricalData(*request)
+    assert len(ib.reqHistoricalData(*request)) == 0
     assert any(code == 162 and "pacing" in text for _, code, text in seen)
 
 

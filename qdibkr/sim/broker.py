@@ -3,8 +3,9 @@
 Pure bookkeeping with no sockets. The server asks it to place, modify, cancel
 and match orders; each call returns the events that happened, in the order TWS
 reports them, and the server turns those events into protocol messages for the
-clients concerned. State can be saved to and loaded from a JSON file so that a
-restarted simulator remembers its accounts, positions, orders and executions.
+clients concerned. Its state is plain data (``state``, and the ``changes`` each
+call made) that state.py keeps on disk, so that a restarted simulator remembers
+its accounts, positions, orders and executions.
 
 Rules, chosen to match IB paper trading closely enough to catch real mistakes:
 - Cash account per currency: a buy needs enough cash in the stock's currency,
@@ -44,8 +45,6 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
 """
 
 import datetime as dt
-import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from zoneinfo import ZoneInfo
 
@@ -252,13 +251,13 @@ class Broker:
 
     # ------------------------------------------------------------ queries
     def position(self, account: str, con_id: int) -> Position:
-        key = (account, con_id)
-        if key not in self.positions:
-            self.positions[key] = Position(account, con_id)
-        return self.positions[key]
+        """The account's position in the contract, zero if it never held one. Reading creates
+        no row: a refused sale of a stock never held must leave no position-0 row in the portfolio."""
+        return self.positions.get((account, con_id)) or Position(account, con_id)
 
     def held_positions(self, account: str | None = None) -> list[Position]:
-        """Positions ever held (a closed one stays, at zero, as TWS keeps reporting it)."""
+        """Positions ever held: a row appears with the first fill, and a closed one stays, at
+        zero, as TWS keeps reporting it."""
         return [p for p in self.positions.values() if account in (None, p.account)]
 
     def open_orders(self) -> list[Order]:
@@ -512,7 +511,8 @@ class Broker:
 
         account = self.accounts[order.account]
         currency = listing.currency
-        position = self.position(order.account, listing.con_id)
+        key = (order.account, listing.con_id)
+        position = self.positions.setdefault(key, Position(*key))  # the row appears with the first fill
         realized = None
         if buying:
             cost = position.quantity * position.avg_cost + shares * price + commission
@@ -629,9 +629,10 @@ class Broker:
         return rows
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str):
-        """Write the whole state atomically: a crash leaves the old file or the new one."""
-        state = {
+    # The files themselves are state.py's: here, the state as plain data.
+    def state(self) -> dict:
+        """The whole state, as JSON-ready data."""
+        return {
             "version": STATE_VERSION,
             "next_order_id": self.next_order_id,
             "next_perm_id": self.next_perm_id,
@@ -640,21 +641,52 @@ class Broker:
             "orders": [asdict(o) for o in self.orders.values()],
             "executions": [asdict(e) for e in self.executions],
         }
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, path)
-        self.dirty = False
 
-    def load(self, path: str):
-        with open(path) as f:
-            state = json.load(f)
+    def restore(self, state: dict):
+        """Take the state ``state()`` returned, as saved by an earlier run."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"{path}: unknown simulator state version {state.get('version')!r}")
+            raise ValueError(f"unknown simulator state version {state.get('version')!r}")
         self.next_order_id = state["next_order_id"]
         self.next_perm_id = state["next_perm_id"]
         self.accounts = {a["account_id"]: Account(**a) for a in state["accounts"]}
-        self.positions = {(p["account"], p["con_id"]): Position(**p) for p in state["positions"]}
+        # An all-zero row is one an older simulator created by merely reading a position (for a
+        # refused sale of a stock never held): dropped, or every portfolio update would show it.
+        self.positions = {(p["account"], p["con_id"]): Position(**p) for p in state["positions"]
+                          if p["quantity"] or p["avg_cost"] or p["realized_pnl"]}
         self.orders = {(o["client_id"], o["order_id"]): Order(**o) for o in state["orders"]}
         self.executions = [Execution(**e) for e in state["executions"]]
         self.dirty = False
+
+    def changes(self, events: list) -> dict:
+        """What the events changed, as it is now: the orders, executions, positions and
+        accounts they name, and the id counters. ``apply`` brings a restored state up to date
+        with it; every change the broker makes comes with an event naming what it touched."""
+        orders, executions, positions, accounts = {}, [], {}, {}
+        for event in events:
+            if isinstance(event, PositionChanged):
+                key = (event.account, event.con_id)
+                if key in self.positions:
+                    positions[key] = asdict(self.positions[key])
+                accounts[event.account] = asdict(self.accounts[event.account])
+                continue
+            key = (event.order.client_id, event.order.order_id)
+            if key in self.orders:
+                orders[key] = asdict(self.orders[key])
+            if isinstance(event, Filled):
+                executions.append(asdict(event.execution))
+                accounts[event.order.account] = asdict(self.accounts[event.order.account])
+        return {"next_order_id": self.next_order_id, "next_perm_id": self.next_perm_id,
+                "orders": list(orders.values()), "executions": executions,
+                "positions": list(positions.values()), "accounts": list(accounts.values())}
+
+    def apply(self, changes: dict):
+        """Bring the state up to date with what ``changes`` returned."""
+        self.next_order_id = max(self.next_order_id, changes["next_order_id"])
+        self.next_perm_id = max(self.next_perm_id, changes["next_perm_id"])
+        for o in changes["orders"]:
+            self.orders[(o["client_id"], o["order_id"])] = Order(**o)
+        for p in changes["positions"]:
+            self.positions[(p["account"], p["con_id"])] = Position(**p)
+        for a in changes["accounts"]:
+            self.accounts[a["account_id"]] = Account(**a)
+        self.executions += [Execution(**e) for e in changes["executions"]]

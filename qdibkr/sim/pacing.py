@@ -7,11 +7,22 @@ market depth subscriptions (error 309 beyond) and 3 tick-by-tick ones (error
 Two pacing rules matter to API users:
 - Message rate: at most 50 messages per second from one client; TWS answers a
   violation with error 100 and disconnects a client that keeps violating.
-- Historical data (error 162): no identical request within 15 seconds; and, for
-  bars of 30 seconds or less, at most 6 requests for the same contract and
-  data type within 2 seconds and at most 60 requests within 10 minutes. A
-  real-time bars subscription counts as a request for 5-second bars (its
-  violations are error 420).
+- Historical data, for bars of 30 seconds or less (error 162, "Historical data
+  request pacing violation"): no identical request within 15 seconds, fewer
+  than six requests for the same contract and data type within 2 seconds, at
+  most 60 requests within any ten minutes. IB lifted these limits for bars of
+  1 minute and more. A real-time bars subscription counts as a request for
+  5-second bars (its violations are error 420).
+  Source: https://interactivebrokers.github.io/tws-api/historical_limitations.html
+  ("Pacing Violations for Small Bars (30 secs or less)", and its note 1).
+
+The same page limits a client to 50 simultaneous open historical data requests
+(TWS: error 322, "Only 50 simultaneous API historical data requests allowed", as
+quoted in ib_insync issues 241 and 293), and says that IB, though it lifted the
+hard limits for larger bars, "soft" throttles them to balance its load: the
+simulated gateway computes bars one request at a time, taking clients in turn
+(see ``Session.send_bars``), so a client asking for years of bars waits for
+them rather than starving every other client.
 """
 
 from collections import deque
@@ -26,6 +37,7 @@ IDENTICAL_WINDOW = 15.0
 SAME_CONTRACT_WINDOW, SAME_CONTRACT_MAX = 2.0, 6
 SMALL_BAR_WINDOW, SMALL_BAR_MAX = 600.0, 60
 SMALL_BAR_SECONDS = 30
+MAX_OPEN_HISTORICAL = 50  # simultaneous historical data requests of one client
 
 
 class MessageRate:
@@ -71,20 +83,21 @@ class HistoricalPacing:
     """Remembers recent historical data requests of the whole gateway."""
 
     def __init__(self):
-        self.requests: deque[tuple[float, tuple, tuple, bool]] = deque()
+        self.requests: deque[tuple[float, tuple, tuple]] = deque()  # (when, request, contract key)
 
     def check(self, now: float, request: tuple, contract_key: tuple, bar_seconds: float) -> str | None:
-        """Return why the request breaks pacing, or None and record it."""
+        """Return why the request breaks pacing, or None and record it. Only requests for
+        bars of 30 seconds or less are paced (and remembered)."""
+        if bar_seconds > SMALL_BAR_SECONDS:
+            return None
         while self.requests and now - self.requests[0][0] > SMALL_BAR_WINDOW:
             self.requests.popleft()
-        small = bar_seconds <= SMALL_BAR_SECONDS
-        if any(r == request and now - t < IDENTICAL_WINDOW for t, r, _, _ in self.requests):
+        if any(r == request and now - t < IDENTICAL_WINDOW for t, r, _ in self.requests):
             return "identical historical data request within 15 seconds"
-        if small:
-            same = sum(1 for t, _, c, s in self.requests if s and c == contract_key and now - t < SAME_CONTRACT_WINDOW)
-            if same >= SAME_CONTRACT_MAX:
-                return "six or more requests for the same contract within two seconds"
-            if sum(1 for _, _, _, s in self.requests if s) >= SMALL_BAR_MAX:
-                return "more than 60 requests for bars of 30 seconds or less within ten minutes"
-        self.requests.append((now, request, contract_key, small))
+        same = sum(1 for t, _, c in self.requests if c == contract_key and now - t < SAME_CONTRACT_WINDOW)
+        if same + 1 >= SAME_CONTRACT_MAX:
+            return "six or more requests for the same contract and data type within two seconds"
+        if len(self.requests) >= SMALL_BAR_MAX:
+            return "more than 60 requests for bars of 30 seconds or less within ten minutes"
+        self.requests.append((now, request, contract_key))
         return None

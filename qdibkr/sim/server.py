@@ -24,9 +24,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from zoneinfo import ZoneInfo
 
 from . import catalogue, incoming, messages as msg, streams, wire
@@ -34,13 +34,20 @@ from .broker import Broker, Filled, OrderChanged, OrderRequest, OrderWarning, Po
 from .catalogue import Listing
 from .clock import SimClock
 from .market import MAX_BOOK_LEVELS, PriceModel, bar_seconds, head_timestamp, parse_what_to_show
-from .pacing import MAX_DEPTH_SUBSCRIPTIONS, MAX_TICK_BY_TICK_SUBSCRIPTIONS, HistoricalPacing, MessageRate
+from .pacing import (MAX_DEPTH_SUBSCRIPTIONS, MAX_OPEN_HISTORICAL, MAX_TICK_BY_TICK_SUBSCRIPTIONS, HistoricalPacing,
+                     MessageRate)
 from .sessions import Sessions
+from .state import COMPACT_AFTER, StateFile
 
 log = logging.getLogger("qdibkr.sim")
 
 DEFAULT_ACCOUNTS = ("DU1234567",)
 MAX_CLIENTS = 32
+# A connection that has not finished the API handshake (``API\0``, the version exchange, startApi)
+# within this many seconds is closed, so sockets that never speak cannot pile up. IB does not
+# document TWS's own limit; a real client finishes in milliseconds (ib_insync's connect
+# times out after 4 s by default).
+HANDSHAKE_TIMEOUT = 10.0
 FARM_STATUS = (
     (2104, "Market data farm connection is OK:usfarm"),
     (2104, "Market data farm connection is OK:hkfarm"),
@@ -48,6 +55,11 @@ FARM_STATUS = (
     (2158, "Sec-def data farm connection is OK:secdefnj"),
 )
 NO_SECURITY = "No security definition has been found for the request"
+PACING_VIOLATION = "Historical data request pacing violation"
+# What TWS answers (error 162, "...:Time length exceed max.") to a duration too long for the bar
+# size, as IB client libraries quote it in their error tables and comments; the price model raises
+# it with its own explanation after these words.
+TOO_LONG = "Time length exceed max"
 DELAY_SECONDS = 15 * 60
 PORTFOLIO_REFRESH_SECONDS = 3.0
 
@@ -91,13 +103,15 @@ class Session(asyncio.Protocol):
         self.accounts_changed: set[str] = set()  # accounts whose values to resend on the next market pass
         self.account_multi: dict[int, str] = {}
         self.streams: dict[int, object] = {}  # reqId -> a stream of streams.py
+        self.historical: dict[int, asyncio.Task] = {}  # reqId -> its bars, computing or waiting to
+        self.bar_turn = asyncio.Lock()  # held while the bar worker computes one of this client's requests
         # By message id (see incoming.REQUESTS for the names); any other is refused.
         self.handlers = {
             1: self.req_mkt_data, 2: self.cancel_mkt_data, 3: self.place_order, 4: self.cancel_order,
             5: self.req_open_orders, 6: self.req_account_updates, 7: self.req_executions, 8: self.req_ids,
             9: self.req_contract_details, 10: self.req_mkt_depth, 11: self.cancel_stream, 15: self.ignore,
             16: self.req_all_open_orders, 17: self.req_managed_accounts, 20: self.req_historical_data,
-            25: self.ignore, 49: self.req_current_time, 50: self.req_real_time_bars, 51: self.cancel_stream,
+            25: self.cancel_historical_data, 49: self.req_current_time, 50: self.req_real_time_bars, 51: self.cancel_stream,
             58: self.req_global_cancel, 59: self.req_market_data_type, 61: self.req_positions,
             62: self.req_account_summary, 63: self.ignore, 64: self.cancel_positions, 71: self.start_api,
             76: self.req_account_updates_multi, 77: self.cancel_account_updates_multi,
@@ -113,8 +127,17 @@ class Session(asyncio.Protocol):
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
+        self.handshake_timer = asyncio.get_running_loop().call_later(
+            self.gateway.handshake_timeout, self.handshake_expired)
+
+    def handshake_expired(self):
+        if self.client_id is None:
+            self.close(f"no API handshake within {self.gateway.handshake_timeout:g} seconds")
 
     def connection_lost(self, exc):
+        self.handshake_timer.cancel()
+        for task in self.historical.values():
+            task.cancel()
         self.gateway.connections.discard(self)
         self.gateway.forget(self)
         log.info("client %s (%s) disconnected", self.client_id, self.peer)
@@ -241,6 +264,7 @@ class Session(asyncio.Protocol):
             self.close("too many clients")
             return
         self.client_id = client_id
+        self.handshake_timer.cancel()
         gateway.sessions[client_id] = self
         log.info("client %d connected from %s", client_id, self.peer)
         self.send([msg.MANAGED_ACCOUNTS, 1, ",".join(gateway.broker.accounts)])
@@ -374,7 +398,8 @@ class Session(asyncio.Protocol):
         why = self.gateway.historical_pacing.check(time.monotonic(), request, (listing.con_id, what),
                                                    streams.REAL_TIME_BAR_SECONDS)
         if why:
-            self.error(req_id, 420, f"Invalid Real-time Query:Historical data request pacing violation: {why}")
+            log.info("client %s: real-time bars %d refused: %s", self.client_id, req_id, why)
+            self.error(req_id, 420, f"Invalid Real-time Query:{PACING_VIOLATION}")
             return
         self.start_stream(req_id, streams.RealTimeBars(req_id, listing, what, use_rth, self.gateway.model,
                                                        self.gateway.clock.now()))
@@ -459,12 +484,31 @@ class Session(asyncio.Protocol):
         except ValueError as e:
             self.invalid(req_id, bar_size, str(e))
             return
+        if len(self.historical) >= MAX_OPEN_HISTORICAL:
+            self.error(req_id, 322, f"Error processing request:Only {MAX_OPEN_HISTORICAL} simultaneous API "
+                                    "historical data requests allowed.")
+            return
         request = (listing.con_id, end, bar_size, duration, use_rth, what)
         why = self.gateway.historical_pacing.check(time.monotonic(), request, (listing.con_id, what), seconds)
         if why:
-            self.error(req_id, 162, f"Historical Market Data Service error message:Historical data request pacing violation: {why}")
+            log.info("client %s: historical data %d refused: %s", self.client_id, req_id, why)
+            self.error(req_id, 162, f"Historical Market Data Service error message:{PACING_VIOLATION}")
             return
-        self.gateway.spawn(self.send_bars(req_id, listing, end_time, duration, bar_size, use_rth == "1", what, int(format_date or 1)))
+        task = self.gateway.spawn(self.send_bars(req_id, listing, end_time, duration, bar_size, use_rth == "1",
+                                                 what, int(format_date or 1)))
+        self.historical[req_id] = task
+        task.add_done_callback(lambda done: self.historical.get(req_id) is done and self.historical.pop(req_id))
+
+    def cancel_historical_data(self, fields):
+        """Drop a request whose bars have not been sent yet, so it no longer waits for its turn, and
+        confirm it as TWS does (error 162, "API historical data query cancelled: N", as in
+        ib_insync issue 268)."""
+        req_id = int(fields[2])
+        task = self.historical.pop(req_id, None)
+        if task:
+            task.cancel()
+            self.error(req_id, 162, f"Historical Market Data Service error message:API historical data query "
+                                    f"cancelled: {req_id}")
 
     def req_head_timestamp(self, fields):
         """The start of the earliest bar reqHistoricalData serves for the contract."""
@@ -482,21 +526,31 @@ class Session(asyncio.Protocol):
         self.send(msg.head_timestamp(req_id, t, listing.time_zone, int(format_date or 1)))
 
     async def send_bars(self, req_id, listing, end_time, duration, bar_size, use_rth, what, format_date):
-        """Compute bars off the event loop: years of bars must not stall other clients."""
-        model = self.gateway.model
-        loop = asyncio.get_running_loop()
-        try:
-            bars = await loop.run_in_executor(None, model.bars, listing, end_time, duration, bar_size, use_rth, what)
-        except ValueError as e:
-            self.invalid(req_id, duration, str(e))
-            return
-        if not bars:
+        """Compute and encode the bars off the event loop, on the gateway's single bar worker, one
+        request of this client at a time: a year of 5-minute bars (half a second of CPU or more and tens
+        of megabytes) then costs one request's memory however many are asked for, other clients'
+        requests take their turns between this one's, and the loop stays free to serve them."""
+        def answer() -> bytes | None:
+            bars = self.gateway.model.bars(listing, end_time, duration, bar_size, use_rth, what)
+            if not bars:
+                return None
+            zone = listing.time_zone
+            start_text, end_text = msg.ib_time(bars[0].start, zone), msg.ib_time(end_time, zone)
+            return wire.encode(msg.historical_data(req_id, start_text, end_text, bars, zone, format_date))
+
+        async with self.bar_turn:
+            try:
+                data = await asyncio.get_running_loop().run_in_executor(self.gateway.bar_worker, answer)
+            except ValueError as e:
+                if str(e).startswith(TOO_LONG):
+                    self.error(req_id, 162, f"Historical Market Data Service error message:{TOO_LONG}.")
+                else:
+                    self.invalid(req_id, duration, str(e))
+                return
+        if data is None:
             self.error(req_id, 162, "Historical Market Data Service error message:HMDS query returned no data")
-            return
-        zone = listing.time_zone
-        start_text = msg.ib_time(bars[0].start, zone)
-        end_text = msg.ib_time(end_time, zone)
-        self.send(msg.historical_data(req_id, start_text, end_text, bars, zone, format_date))
+        elif not self.transport.is_closing():
+            self.transport.write(data)
 
     # ------------------------------------------------------------ orders
     def place_order(self, fields):
@@ -755,7 +809,7 @@ class SimGateway:
     def __init__(self, host: str = "127.0.0.1", port: int = 7497, *, accounts=DEFAULT_ACCOUNTS,
                  seed: int = 0, state_path: str | None = None, live_data=("US",),
                  tick_interval: float = 0.25, speed: float = 1.0, start=None, always_open: bool = False,
-                 max_clients: int = MAX_CLIENTS, max_rate: int = 50):
+                 max_clients: int = MAX_CLIENTS, max_rate: int = 50, handshake_timeout: float = HANDSHAKE_TIMEOUT):
         """``start`` (an ISO-8601 instant such as "2026-11-24T15:00:00Z", an aware datetime or POSIX
         seconds; default now) and ``speed`` (simulated seconds per real second) set the simulated
         clock. Orders trade in their exchange's sessions on that clock; ``always_open`` is the
@@ -765,17 +819,19 @@ class SimGateway:
         self.clock = SimClock(speed, start)
         self.model = PriceModel(seed)
         self.broker = Broker(list(accounts), self.model, self.clock, sessions=Sessions(always_open))
-        self.state_path = state_path
-        if state_path and os.path.exists(state_path):
-            self.broker.load(state_path)
+        self.state = StateFile(state_path) if state_path else None
+        if self.state and self.state.load(self.broker):
             log.info("loaded simulator state from %s", state_path)
         self.live_data = set(live_data)
         self.tick_interval = tick_interval
         self.max_clients = max_clients
         self.max_rate = max_rate
+        self.handshake_timeout = handshake_timeout
         self.sessions: dict[int, Session] = {}  # by client id, once the API has started
         self.connections: set[Session] = set()  # every open connection
         self.historical_pacing = HistoricalPacing()
+        # Bars are computed here, one request at a time: see Session.send_bars.
+        self.bar_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdibkr-sim-bars")
         self._server = None
         self._loop = None
         self._thread = None
@@ -814,6 +870,7 @@ class SimGateway:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server:
             self._server.close()
+        self.bar_worker.shutdown(wait=False, cancel_futures=True)
         for session in list(self.connections):
             session.transport.abort()
         # A transport closes its socket in a callback on the next loop iteration: let those
@@ -822,7 +879,7 @@ class SimGateway:
             if not self.connections:
                 break
             await asyncio.sleep(0)
-        self.save()
+        self.save(final=True)
 
     def start_in_thread(self) -> "SimGateway":
         """Serve from a daemon thread with its own event loop; returns once listening."""
@@ -915,10 +972,11 @@ class SimGateway:
         """The clock, the mode and each exchange's state, as ``qdibkr sim`` prints them."""
         return self.broker.sessions.describe(self.clock.now())
 
-    def spawn(self, coro):
+    def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def count_streams(self, kind: type) -> int:
         """Streams of this kind open across all clients: IB limits some per login."""
@@ -929,9 +987,18 @@ class SimGateway:
         if session.client_id is not None and self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
 
-    def save(self):
-        if self.state_path and self.broker.dirty:
-            self.broker.save(self.state_path)
+    def persist(self, events: list):
+        """Journal what the broker's events changed, durably, before any client hears of it."""
+        if self.state and events:
+            self.state.record(self.broker, events)
+            self.broker.dirty = False  # what it changed is journaled
+
+    def save(self, final: bool = False):
+        """Rewrite the state's snapshot when the journal has grown long, when the broker changed
+        something no event named, and (``final``) on a clean stop."""
+        state = self.state
+        if state and (final or self.broker.dirty or state.pending >= COMPACT_AFTER):
+            state.compact(self.broker)
 
     def start_of_day(self) -> float:
         local = dt.datetime.fromtimestamp(self.clock.now(), ZoneInfo(msg.SERVER_ZONE))
@@ -948,7 +1015,9 @@ class SimGateway:
 
     def market_pass(self):
         """Match resting orders, stream quotes, revalue portfolios, persist state."""
-        self.dispatch(self.broker.match())
+        events = self.broker.match()
+        self.persist(events)
+        self.dispatch(events)
         wall = time.monotonic()
         portfolio_due = wall - self._last_portfolio >= PORTFOLIO_REFRESH_SECONDS
         if portfolio_due:
@@ -965,10 +1034,13 @@ class SimGateway:
             events = call(self.broker)
         except Rejection as r:
             log.info("client %s order %d refused: %s", session.client_id, order_id, r.text)
-            session.error(order_id, r.code, r.text)
             if r.order is not None:  # taken in, then refused: TWS reports it Inactive after the error
+                self.persist([OrderChanged(r.order)])
+            session.error(order_id, r.code, r.text)
+            if r.order is not None:
                 session.send_order(r.order)
             return
+        self.persist(events)
         if cancelling:
             # A cancel as TWS reports it: orderStatus Cancelled, then error 202 (rust-ibapi's capture in
             # https://github.com/wboayue/rust-ibapi/blob/5fddde93/src/orders/tests.rs, cancel_order).
