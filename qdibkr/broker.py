@@ -34,6 +34,7 @@ QUOTE_SETTLE = 1.0  # seconds a new streaming subscription may take to show both
 MARKET_FILL_WAIT = 2.0
 DONE_STATUSES = {"Filled", "Cancelled", "ApiCancelled", "Inactive"}
 ACKED_STATUSES = DONE_STATUSES | {"PreSubmitted", "Submitted"}
+ORDER_MESSAGE = 399  # "Order Message: ... Warning: your order will not be placed at the exchange until ..."
 ORDER_ERRORS = {110, 201, 202, 103, 104, 135, 10148, 436, 200, 321, 320}
 LIVE_DATA, DELAYED_DATA = 1, 3
 NOT_SUBSCRIBED = {354, 10089, 10168}
@@ -591,7 +592,10 @@ class Broker:
         o, st = trade.order, trade.orderStatus
         if not message:
             errors = [e.message for e in trade.log if e.errorCode and e.errorCode != 202]
-            message = errors[-1] if errors else ""
+            # TWS's warning 399 on an order it holds (until the market opens, say) says when it will act;
+            # ib_insync keeps warnings off the trade's log.
+            notices = [text for code, text in self._errors.get(o.orderId, ()) if code == ORDER_MESSAGE]
+            message = errors[-1] if errors else notices[-1] if notices else ""
         return OrderResult(
             order_id=o.orderId, perm_id=o.permId, symbol=self._display(trade.contract), side=o.action,
             quantity=o.totalQuantity, order_type=o.orderType,
@@ -612,14 +616,24 @@ class Broker:
         """Send an order and return once TWS answers (a market order: once it fills, or after a moment);
         raise ``OrderRejected`` with IB's reason if TWS refuses it."""
         trade = self.submit(contract, action, quantity, limit=limit, tif=tif, order_ref=order_ref, order_id=order_id)
-        result = await self._answer(trade, trade.order.orderId)
-        if limit is None and result.status not in DONE_STATUSES:
+        order_id = trade.order.orderId
+        errors = self._errors.setdefault(order_id, [])
+        if not await until(self.ib, lambda: trade.orderStatus.status in ACKED_STATUSES or errors, ACK_TIMEOUT):
+            return self._result(trade, f"TWS has not acknowledged order {order_id} within {ACK_TIMEOUT:g} s")
+        if limit is None and not trade.isDone():
             # A market order normally fills at once: give the fill a moment to arrive.
             await until(self.ib, trade.isDone, MARKET_FILL_WAIT)
-            result = self._result(trade)
+        elif trade.orderStatus.status == "PreSubmitted":
+            # TWS takes an order in (PreSubmitted) before its own checks, which may still refuse it
+            # (error 201, then Inactive): one round trip lets a refusal sent at once arrive.
+            await self.settle_async()
+        refusals = [(c, t) for c, t in errors if c in ORDER_ERRORS and c != 202]
+        if refusals:
+            code, text = refusals[0]
+            raise OrderRejected(code, f"IB rejected order {order_id} (error {code}): {_reason(text)}")
         if trade.fills:
             await self.settle_async()  # the position updates sent with the fill: positions() read next agree
-        return result
+        return self._result(trade)
 
     def submit(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,
                tif: str = "DAY", order_ref: str = "", order_id: int = 0) -> Trade:
@@ -752,18 +766,6 @@ class Broker:
             if v.tag == "ExchangeRate" and v.currency == currency:
                 return float(v.value)
         raise TWSError(0, f"TWS reported no exchange rate for {currency} in account {self.account}")
-
-    async def _answer(self, trade: Trade, order_id: int) -> OrderResult:
-        """Wait for TWS to acknowledge or refuse an order; raise with IB's reason if refused."""
-        errors = self._errors.setdefault(order_id, [])
-        acknowledged = await until(self.ib, lambda: trade.orderStatus.status in ACKED_STATUSES or errors, ACK_TIMEOUT)
-        if not acknowledged:
-            return self._result(trade, f"TWS has not acknowledged order {order_id} within {ACK_TIMEOUT:g} s")
-        refusals = [(c, t) for c, t in errors if c in ORDER_ERRORS and c != 202]
-        if refusals:
-            code, text = refusals[0]
-            raise OrderRejected(code, f"IB rejected order {order_id} (error {code}): {_reason(text)}")
-        return self._result(trade)
 
     async def cancel_order_async(self, order_id: int) -> OrderResult:
         self._require_connection()

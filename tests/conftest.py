@@ -1,5 +1,7 @@
 """Shared fixtures: a simulated gateway on a free loopback port, and real ib_insync clients."""
 
+import asyncio
+
 import pytest
 from ib_insync import IB, util
 
@@ -15,6 +17,19 @@ def isolated_settings(monkeypatch, tmp_path):
     for name in ("HOST", "PORT", "CLIENT_ID", "ACCOUNT", "PRESET", "LIVE", "DB"):
         monkeypatch.delenv(f"QDIBKR_{name}", raising=False)
     monkeypatch.setenv("QDIBKR_CONFIG", str(tmp_path / "no-config.toml"))
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_blocking_clients():
+    """ib_insync's blocking calls run the thread's event loop; a test that ran ``asyncio.run`` in this
+    thread leaves it with none (or a closed one), which the next test's client must not inherit."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        usable = not policy.get_event_loop().is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        policy.set_event_loop(policy.new_event_loop())
 
 
 @pytest.fixture

@@ -217,7 +217,9 @@ def open_order(version: int, order: Order, with_commission: bool = False) -> lis
     if version >= 162:
         fields.append(False)  # autoCancelParent
     if version >= 170:
-        fields += ["", "", "", "", ""]  # minTradeQty, minCompeteSize, competeAgainstBestOffset, midOffsetAtWhole, midOffsetAtHalf
+        # minTradeQty, minCompeteSize, competeAgainstBestOffset, midOffsetAtWhole, midOffsetAtHalf: TWS fills in
+        # its defaults for the middle two (tests/fidelity/market_order_aapl_v173.json)
+        fields += ["", 100, 0.02, "", ""]
     return fields
 
 

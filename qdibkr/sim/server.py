@@ -1034,11 +1034,15 @@ class SimGateway:
             events = call(self.broker)
         except Rejection as r:
             log.info("client %s order %d refused: %s", session.client_id, order_id, r.text)
-            if r.order is not None:  # taken in, then refused: TWS reports it Inactive after the error
-                self.persist([OrderChanged(r.order)])
+            if r.order is None:
+                session.error(order_id, r.code, r.text)
+                return
+            # Taken in, then refused: TWS reports the order PreSubmitted, then the error, then the order
+            # Inactive (ib_insync issue 554; tests/fidelity/rejected_order.json).
+            self.persist([OrderChanged(r.order)])
+            session.send_order(dataclasses.replace(r.order, status="PreSubmitted"))
             session.error(order_id, r.code, r.text)
-            if r.order is not None:
-                session.send_order(r.order)
+            session.send_order(r.order)
             return
         self.persist(events)
         if cancelling:
