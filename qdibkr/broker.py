@@ -886,11 +886,15 @@ class Broker:
         for code, text in errors:
             if code == 162 and "pacing" in text.lower():
                 raise PacingError(162, f"IB refused historical data for {sym}: too many requests too quickly "
-                                       f"(error 162, {text}). IB allows no identical request within 15 s and, "
-                                       f"for bars of 30 s or less, at most 5 per contract in 2 s and 60 in 10 "
+                                       f"(error 162, {text}). For bars of 30 s or less IB allows no identical "
+                                       f"request within 15 s, at most 5 per contract in 2 s and 60 in 10 "
                                        f"minutes; qdibkr.bars paces its requests to stay inside these limits")
             if code == 162 and "no data" in text.lower():
                 return
+            if code == 162 and "time length exceed" in text.lower():
+                raise TWSError(162, f"IB refused historical data for {sym}: the duration is longer than it serves "
+                                    f"in one request for that bar size (error 162, {text}). Ask for less, or let "
+                                    f"qdibkr.bars.fetch split the range into requests IB accepts")
             if code == 321:
                 raise TWSError(321, f"IB refused the historical data request for {sym} as invalid (error 321): "
                                     f"{text}. Check the bar size, the duration ('N S|D|W|M|Y', within IB's "

@@ -23,7 +23,7 @@ def seen_errors(ibkr):
 
 def requests_made(gateway) -> list[tuple]:
     """The historical requests the gateway has received: (con id, end, bar size, duration, RTH, what)."""
-    return [request for _, request, _, _ in list(gateway.historical_pacing.requests)]
+    return list(gateway.historical_requests)
 
 
 def local(text: str, zone: str = "America/New_York"):
@@ -50,12 +50,14 @@ def test_intraday_bars_are_exchange_local_with_hk_lunch_break(ibkr):
 
 
 def test_invalid_request_and_pacing_violation_say_so(ibkr):
-    with pytest.raises(TWSError, match="as invalid .error 321.*too long for '1 secs' bars") as invalid:
+    with pytest.raises(TWSError, match="the duration is longer than it serves .* for that bar size .error 162") \
+            as invalid:
         ibkr.bars("AAPL", duration="1 Y", bar_size="1 secs")
-    assert invalid.value.code == 321
-    ibkr.bars("SPY", end=local("2025-03-12 16:00"), duration="1 D", bar_size="1 hour")
-    with pytest.raises(PacingError, match="too many requests too quickly .error 162.*identical"):
-        ibkr.bars("SPY", end=local("2025-03-12 16:00"), duration="1 D", bar_size="1 hour")
+    assert invalid.value.code == 162
+    # IB paces requests for bars of 30 seconds or less: no identical one within 15 s.
+    ibkr.bars("SPY", end=local("2025-03-12 16:00"), duration="1800 S", bar_size="30 secs")
+    with pytest.raises(PacingError, match="too many requests too quickly .error 162"):
+        ibkr.bars("SPY", end=local("2025-03-12 16:00"), duration="1800 S", bar_size="30 secs")
 
 
 # ---------------------------------------------------------------- pieces and pacing

@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from zoneinfo import ZoneInfo
 
@@ -489,6 +490,7 @@ class Session(asyncio.Protocol):
                                     "historical data requests allowed.")
             return
         request = (listing.con_id, end, bar_size, duration, use_rth, what)
+        self.gateway.historical_requests.append(request)
         why = self.gateway.historical_pacing.check(time.monotonic(), request, (listing.con_id, what), seconds)
         if why:
             log.info("client %s: historical data %d refused: %s", self.client_id, req_id, why)
@@ -830,6 +832,9 @@ class SimGateway:
         self.sessions: dict[int, Session] = {}  # by client id, once the API has started
         self.connections: set[Session] = set()  # every open connection
         self.historical_pacing = HistoricalPacing()
+        # The latest historical data requests received, paced or not, as (con id, end, bar size, duration,
+        # RTH, what to show): which requests a client's bar fetching made.
+        self.historical_requests: deque[tuple] = deque(maxlen=1000)
         # Bars are computed here, one request at a time: see Session.send_bars.
         self.bar_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdibkr-sim-bars")
         self._server = None
