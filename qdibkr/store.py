@@ -601,10 +601,11 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------ notebook runs
-    # A run records its owner, the process executing it (``owner_pid`` on ``owner_host``), so that
-    # a run left ``running`` by a killed process can be told from one still going in another.
+    # A run records its owner, the process executing it (``owner_pid`` on ``owner_host``, which started
+    # ``owner_started`` clock ticks after the host booted), so that a run left ``running`` by a killed
+    # process can be told from one still going in another, and a pid reused since from its owner.
     # The columns are added to an older database on first use (see ``_run_owner_columns``).
-    RUN_OWNER_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT"}
+    RUN_OWNER_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "owner_started": "INTEGER"}
 
     def _run_owner_columns(self):
         """Add the owner columns to ``runs`` if this database predates them: checked and altered in
@@ -627,7 +628,7 @@ class Store:
         by this process."""
         self._run_owner_columns()
         values = {"id": uuid.uuid4().hex, "started_at": time.time(), "status": "running",
-                  "owner_pid": os.getpid(), "owner_host": _this_host(), **values}
+                  **_this_process(), **values}
         with self.transaction() as db:
             db.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                        tuple(values.values()))
@@ -639,7 +640,7 @@ class Store:
         self._run_owner_columns()
         now = time.time()
         values = {"id": uuid.uuid4().hex, "job": job, "slot": slot, "status": "skipped", "started_at": now,
-                  "finished_at": now, "owner_pid": os.getpid(), "owner_host": _this_host(), **values}
+                  "finished_at": now, **_this_process(), **values}
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE job = ? AND slot >= ?", (job, slot)).fetchone():
                 return None
@@ -687,11 +688,13 @@ class Store:
         host = _this_host()
         with self.transaction() as db:
             orphans = []
-            for row in db.execute("SELECT id, started_at, owner_pid, owner_host FROM runs WHERE status = 'running'"):
+            for row in db.execute("SELECT id, started_at, owner_pid, owner_host, owner_started FROM runs "
+                                  "WHERE status = 'running'"):
                 if row["owner_host"] is None:
                     orphans.append((row["id"], "left running by a process of an earlier qdibkr version, now "
                                                "presumed ended"))
-                elif row["owner_host"] == host and not _process_owns(row["owner_pid"], row["started_at"]):
+                elif row["owner_host"] == host and not _process_owns(row["owner_pid"], row["owner_started"],
+                                                                     row["started_at"]):
                     orphans.append((row["id"], f"left running by process {row['owner_pid']} on {host}, which "
                                                f"has ended (killed?) without recording how the run ended"))
             for run_id, error in orphans:
@@ -750,9 +753,28 @@ def _this_host() -> str:
     return socket.gethostname()
 
 
-def _process_owns(pid: int | None, since: float) -> bool:
-    """Whether process ``pid`` of this host is alive and may own a run started at ``since``: not a
-    zombie, and (where /proc tells) started no later than the run (else its pid was reused)."""
+def _process_start(pid: int) -> tuple[str, int] | None:
+    """Process ``pid``'s state letter and when it started, in clock ticks after the host booted (from
+    /proc/<pid>/stat); None where there is no /proc (macOS) or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat[0], int(stat[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _this_process() -> dict:
+    """The owner columns of a run this process records."""
+    started = _process_start(os.getpid())
+    return {"owner_pid": os.getpid(), "owner_host": _this_host(), "owner_started": started and started[1]}
+
+
+def _process_owns(pid: int | None, started_ticks: int | None, since: float) -> bool:
+    """Whether process ``pid`` of this host is alive and is the one that recorded a run: not a zombie,
+    and (where /proc tells) started at the ``started_ticks`` recorded with the run (else its pid was
+    reused). The start is compared in the kernel's ticks since boot, never with the wall clock, which
+    may be set back or forward meanwhile. A run recorded without them (by an earlier qdibkr) is owned
+    by a process started no later than the run (``since``)."""
     if not pid:
         return False
     try:
@@ -761,13 +783,17 @@ def _process_owns(pid: int | None, since: float) -> bool:
         return False
     except PermissionError:  # another user's process: alive
         pass
+    state = _process_start(pid)
+    if state is None:
+        return True  # no /proc (macOS): alive is all we know
+    letter, ticks = state
+    if letter in ("Z", "X"):  # ended, not yet reaped by its parent
+        return False
+    if started_ticks is not None:
+        return ticks == started_ticks
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return True  # no /proc (macOS): alive is all we know
-    if stat[0] in ("Z", "X"):  # ended, not yet reaped by its parent
-        return False
-    started = boot + int(stat[19]) / os.sysconf("SC_CLK_TCK")
-    return started <= since + 2  # btime is whole seconds
+    except (OSError, StopIteration):
+        return True
+    return boot + ticks / os.sysconf("SC_CLK_TCK") <= since + 2  # btime is whole seconds

@@ -211,13 +211,16 @@ def test_only_runs_of_ended_processes_of_this_host_count_as_orphaned(tmp_path):
     store = Store(path)
     ended = subprocess.Popen(["true"])
     ended.wait()
-    reused = subprocess.Popen(["sleep", "60"])  # alive, but started after the run it is said to own
+    reused = subprocess.Popen(["sleep", "60"])  # alive, but not the process that recorded the run
     try:
         runs = {name: store.start_run(notebook="nb.ipynb", strategy="s", parameters="{}", **owner) for name, owner in {
             "mine": {},  # this process: alive
             "ended": {"owner_pid": ended.pid},
-            "reused": {"owner_pid": reused.pid, "started_at": time.time() - 3600},
+            "reused": {"owner_pid": reused.pid},  # with this process's start: its pid, reused
             "elsewhere": {"owner_pid": ended.pid, "owner_host": "another-host"},
+            # recorded by a qdibkr that kept no start ticks: judged by the time the run started
+            "reused_before_ticks": {"owner_pid": reused.pid, "owner_started": None, "started_at": time.time() - 3600},
+            "mine_before_ticks": {"owner_started": None},
         }.items()}
         for run in runs.values():
             insert_staged(store, run.id)
@@ -225,11 +228,12 @@ def test_only_runs_of_ended_processes_of_this_host_count_as_orphaned(tmp_path):
     finally:
         reused.kill()
         reused.wait()
-    assert sorted(run.id for run in failed) == sorted(["old", runs["ended"].id, runs["reused"].id])
+    orphaned = ("ended", "reused", "reused_before_ticks")
+    assert sorted(run.id for run in failed) == sorted(["old"] + [runs[name].id for name in orphaned])
     status = {run.id: run.status for run in store.runs()}
-    assert status == {"old": "failed", runs["ended"].id: "failed", runs["reused"].id: "failed",
-                      runs["mine"].id: "running", runs["elsewhere"].id: "running"}
+    assert status == {"old": "failed", **{run.id: "failed" if name in orphaned else "running"
+                                          for name, run in runs.items()}}
     staged_runs = sorted(s.run_id for s in store.signals(statuses=["staged"]))
-    assert staged_runs == sorted([runs["mine"].id, runs["elsewhere"].id])
+    assert staged_runs == sorted(run.id for name, run in runs.items() if name not in orphaned)
     assert store.fail_orphaned_runs() == []  # done once
     store.close()

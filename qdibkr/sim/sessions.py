@@ -24,15 +24,14 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from .catalogue import CATALOGUE, Listing, session_table
+from .catalogue import CATALOGUE, Listing, session_table, time_zone_id
 
 # TWS's 399 warning, as a live paper IB Gateway (server version 225) sent it for a DAY limit order
 # placed at 16:45 New York, after openOrder and orderStatus PreSubmitted:
 # "Order Message:\nBUY 1 AAPL NASDAQ.NMS\nWarning: Your order will not be placed at the exchange until
 # 2026-08-25 09:30:00 US/Eastern." (github.com/ThomasMarcelis/ibkr-go,
-# testdata/transcripts/api_conditions_matrix_aapl.txt). TWS names the time in its own zone ids
-# ("US/Eastern"); no capture of a Hong Kong one was found, so its zone is named as the catalogue names it.
-TWS_ZONES = {"America/New_York": "US/Eastern"}
+# testdata/transcripts/api_conditions_matrix_aapl.txt). TWS names the time in its own zone ids, as in
+# contract details ("US/Eastern"; no Hong Kong capture was found: "Hongkong", its contract details' id).
 # The venue as TWS prints it in an order message ("BUY 33 AAPL NASDAQ.NMS", "BUY 65 SPY ARCA").
 TWS_VENUES = {"NASDAQ": "NASDAQ.NMS"}
 ORDER_MESSAGE = 399
@@ -110,7 +109,8 @@ class Sessions:
         open, and when each closed one opens next (regular hours)."""
         clock = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%a %Y-%m-%d %H:%M:%S UTC")
         if self.always_open:
-            return f"simulated clock {clock}; always open (--always-open): orders trade at any hour"
+            return (f"simulated clock {clock}; always open (--always-open): orders trade at any hour (a runner "
+                    f"still holds signals outside the exchanges' hours unless its [risk] outside_hours = \"send\")")
         one_per_calendar = {}
         for listing in CATALOGUE:
             one_per_calendar.setdefault(listing.calendar, listing)
@@ -137,12 +137,12 @@ class Sessions:
     @staticmethod
     def deferral_warning(listing: Listing, action: str, quantity: int, opens: float) -> str:
         """TWS's error 399 text for an order it accepts but holds until its session opens (see
-        TWS_ZONES above for the capture; older TWS wrote "your" in lower case)."""
+        ORDER_MESSAGE above for the capture; older TWS wrote "your" in lower case)."""
         zone = listing.time_zone
         when = dt.datetime.fromtimestamp(opens, ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
         venue = TWS_VENUES.get(listing.primary_exchange, listing.primary_exchange)
         return (f"Order Message:\n{action} {quantity} {listing.symbol} {venue}\n"
-                f"Warning: Your order will not be placed at the exchange until {when} {TWS_ZONES.get(zone, zone)}.")
+                f"Warning: Your order will not be placed at the exchange until {when} {time_zone_id(listing)}.")
 
 
 def us_session_start(now: float) -> float:
