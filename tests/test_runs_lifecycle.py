@@ -105,7 +105,8 @@ def test_a_run_has_a_default_timeout(store, hanging, tmp_path, monkeypatch, caps
     assert main(["run", str(notebook), "--db", str(store.path), "--runs", str(tmp_path / "runs")]) == 1
     assert "none of its signals will trade: timed out: the run took more than 1.5 s" in capsys.readouterr().err
     [run] = store.runs()
-    assert run.status == "failed" and [s.status for s in store.signals()] == ["cancelled", "cancelled"]
+    # Whether the kernel got as far as emitting in 1.5 s depends on the machine's load; none may trade.
+    assert run.status == "failed" and all(s.status == "cancelled" for s in store.signals())
 
 
 # ------------------------------------------------------------------ signals
