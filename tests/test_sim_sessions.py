@@ -19,6 +19,7 @@ from qdibkr.sim import SimGateway, us_session_start
 from qdibkr.sim.clock import parse_instant
 
 from .conftest import wait_until
+from .test_sim_order_life import of_order, record
 
 SUNDAY = "2026-11-29T08:19:00Z"  # 03:19 New York, 16:19 Hong Kong
 TUESDAY_SESSION = "2026-11-24T15:00:00Z"  # 10:00 New York
@@ -76,11 +77,16 @@ def test_a_market_order_on_a_sunday_rests_presubmitted_with_tws_warning(gateway_
 def test_a_market_order_in_a_weekday_session_fills(gateway_at, client):
     gateway = gateway_at(TUESDAY_SESSION)
     ib = client(gateway)
-    seen = warnings_of(ib)
+    seen, messages = warnings_of(ib), record(ib)
     trade = ib.placeOrder(AAPL, MarketOrder("BUY", 10))
-    wait_until(ib, trade.isDone)
+    wait_until(ib, lambda: any(m[0] == "commissionReport" for m in messages))
     assert trade.orderStatus.status == "Filled" and trade.orderStatus.filled == 10
     assert not [code for _, code, _ in seen if code == 399]
+    # TWS's sequence for a market order that fills (see test_sim_order_life)
+    assert [m[:3] if m[0] in ("openOrder", "orderStatus") else m[0] for m in of_order(messages, trade.order.orderId)] \
+        == [("openOrder", trade.order.orderId, "PreSubmitted"), ("orderStatus", trade.order.orderId, "PreSubmitted"),
+            "execDetails", ("openOrder", trade.order.orderId, "Filled"), ("orderStatus", trade.order.orderId, "Filled"),
+            ("openOrder", trade.order.orderId, "Filled"), "commissionReport"]
     assert utc(trade.fills[0].execution.time) == dt.datetime(2026, 11, 24, 15, tzinfo=dt.timezone.utc)
 
 
