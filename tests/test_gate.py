@@ -391,6 +391,19 @@ def test_five_strategies_cannot_together_exceed_max_position(world):
     assert world.at_gateway()[:2] == (1, 1) and world.journalled() == 1
 
 
+def test_a_fill_counts_before_tws_reports_its_position(world):
+    """TWS reports a fill's new position in a message of its own, which may come after the order's Filled
+    status (this gateway sends it a second later): the next buy counts the fill all the same."""
+    world.configure("max_position = 100\n")
+    world.gateway.position_delay = 1.0
+    with IBKR(port=world.port, store=world.store) as ibkr:
+        assert ibkr.place_order("AAPL", "buy", 60).status == "Filled"
+        assert not ibkr.ib.positions()  # TWS has not reported the position yet
+        with pytest.raises(Refused, match="max_position: a position of 120 AAPL would exceed"):
+            ibkr.place_order("AAPL", "buy", 60)
+    assert world.at_gateway()[:2] == (1, 1) and world.held() == 60
+
+
 def test_the_runner_will_not_close_what_the_account_no_longer_holds(world):
     """Strategy `s` holds 100 AAPL (filled through the runner); the account then sells them directly.
     The runner's close_long for `s` would sell short: rejected, and nothing sent."""

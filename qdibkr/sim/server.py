@@ -811,13 +811,18 @@ class SimGateway:
     def __init__(self, host: str = "127.0.0.1", port: int = 7497, *, accounts=DEFAULT_ACCOUNTS,
                  seed: int = 0, state_path: str | None = None, live_data=("US",),
                  tick_interval: float = 0.25, speed: float = 1.0, start=None, always_open: bool = False,
-                 max_clients: int = MAX_CLIENTS, max_rate: int = 50, handshake_timeout: float = HANDSHAKE_TIMEOUT):
+                 max_clients: int = MAX_CLIENTS, max_rate: int = 50, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 position_delay: float = 0.0):
         """``start`` (an ISO-8601 instant such as "2026-11-24T15:00:00Z", an aware datetime or POSIX
         seconds; default now) and ``speed`` (simulated seconds per real second) set the simulated
         clock. Orders trade in their exchange's sessions on that clock; ``always_open`` is the
-        around-the-clock market instead, for offline play at any hour (see ``sessions``)."""
+        around-the-clock market instead, for offline play at any hour (see ``sessions``).
+        ``position_delay`` (real seconds) reports a fill's new position that much after the fill:
+        TWS sends positions in messages of their own, which may come after the order's Filled status,
+        and a client must not count on them coming first."""
         self.host = host
         self.port = port
+        self.position_delay = position_delay
         self.clock = SimClock(speed, start)
         self.model = PriceModel(seed)
         self.broker = Broker(list(accounts), self.model, self.clock, sessions=Sessions(always_open))
@@ -1061,12 +1066,18 @@ class SimGateway:
             return
         self.dispatch(events)
 
+    def position_changed(self, event: PositionChanged):
+        for session in list(self.sessions.values()):
+            session.position_changed(event.account, event.con_id)
+
     def dispatch(self, events: list):
         """Report broker events to the clients concerned, in TWS's order."""
         for event in events:
             if isinstance(event, PositionChanged):
-                for session in list(self.sessions.values()):
-                    session.position_changed(event.account, event.con_id)
+                if self.position_delay:
+                    self._loop.call_later(self.position_delay, self.position_changed, event)
+                else:
+                    self.position_changed(event)
                 continue
             owner = self.sessions.get(event.order.client_id)
             if owner is None:
