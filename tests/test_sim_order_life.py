@@ -325,7 +325,7 @@ def test_runner_waits_for_the_commission_report_after_filled(store, gateway, lat
 
 
 # ---------------------------------------------------------------- field by field, against TWS's captures
-CAPTURES = Path(__file__).parent / "captures" / "rust_ibapi_orders.txt"
+CAPTURES = Path(__file__).parent / "fidelity" / "rust_ibapi_orders.txt"
 CAPTURED_VERSION = 164
 # What legitimately differs: ids, the account, the captured order's instrument (TSLA), the time.
 DIFFERS = {"orderId", "clientId", "permId", "account", "conId", "symbol", "localSymbol", "completedTime"}
