@@ -219,9 +219,9 @@ def test_only_runs_of_ended_processes_of_this_host_count_as_orphaned(tmp_path):
             "ended": {"owner_pid": ended.pid},
             "reused": {"owner_pid": reused.pid},  # with this process's start: its pid, reused
             "elsewhere": {"owner_pid": ended.pid, "owner_host": "another-host"},
-            # recorded by a qdibkr that kept no start ticks: judged by the time the run started
-            "reused_before_ticks": {"owner_pid": reused.pid, "owner_started": None, "started_at": time.time() - 3600},
-            "mine_before_ticks": {"owner_started": None},
+            # recorded by a qdibkr that kept no start ticks: judged by the time the run started (here long
+            # before the process, however the host's clock is set)
+            "reused_before_ticks": {"owner_pid": reused.pid, "owner_started": None, "started_at": 1_000_000.0},
         }.items()}
         for run in runs.values():
             insert_staged(store, run.id)
