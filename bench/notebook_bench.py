@@ -82,7 +82,7 @@ def main():
 
     def plain_run(i: int) -> float:
         store = Store(work / f"plain-{i}.sqlite")  # its own queue, through the kernel's environment
-        os.environ["QDIBKR_DB"] = str(store.path)
+        os.environ["QDIBKR_DB"] = str(store.location)
         started = time.perf_counter()
         papermill.execute_notebook(str(NOTEBOOK), str(work / f"plain-{i}.ipynb"), parameters=job.parameters,
                                    kernel_name="python3", progress_bar=False)

@@ -107,10 +107,10 @@ def cmd_trades(args):
 
 # ------------------------------------------------------------------ the queue and the runner
 def queue_store(args):
-    from .config import config_file, queue_path
+    from .config import config_file, queue_location
     from .store import Store
 
-    return Store(queue_path(config_file(), args.db))
+    return Store(queue_location(config_file(), args.db))
 
 
 def cmd_signal(args):

@@ -178,9 +178,11 @@ def load_heartbeat(config: dict) -> Heartbeat:
     return Heartbeat(**values)
 
 
-def queue_path(file: dict, db=None) -> Path:
-    """Where the queue is: ``db`` given, else ``QDIBKR_DB``, else ``[queue] db``, else the default."""
-    return Path(db or os.environ.get("QDIBKR_DB") or file.get("queue", {}).get("db") or DEFAULT_DB).expanduser()
+def queue_location(file: dict, db=None) -> str:
+    """Where the queue is: ``db`` given, else ``QDIBKR_DB``, else ``[queue] db``, else the default. A
+    ``postgresql://`` URL names a PostgreSQL database; anything else a SQLite file (``~`` expanded)."""
+    where = str(db or os.environ.get("QDIBKR_DB") or file.get("queue", {}).get("db") or DEFAULT_DB)
+    return where if where.startswith(("postgresql://", "postgres://")) else str(Path(where).expanduser())
 
 
 class RiskSource:
@@ -239,7 +241,7 @@ class Config:
     """Every setting of one process, resolved once (``load_config``) and passed down."""
 
     connection: Settings
-    queue_db: Path
+    queue_db: str  # a SQLite file's path or a PostgreSQL URL
     risk: RiskSource = field(compare=False)
     heartbeat: Heartbeat
     file: dict = field(compare=False, repr=False)  # the parsed config file, for a face's own section
@@ -253,7 +255,7 @@ def load_config(face: str = "python", db=None, **connection) -> Config:
     arguments and ``db`` given, then ``QDIBKR_*`` variables, then the config file, then defaults."""
     path = config_path()
     file = config_file(path)
-    return Config(connection=load_settings(face=face, file=file, **connection), queue_db=queue_path(file, db),
+    return Config(connection=load_settings(face=face, file=file, **connection), queue_db=queue_location(file, db),
                   risk=RiskSource(path, load_risk(file)), heartbeat=load_heartbeat(file), file=file)
 
 

@@ -57,7 +57,7 @@ def run_demo(work_dir: str | None = None) -> int:
     store = Store(work / "queue.sqlite")
     runner = Runner(store, Settings(port=gateway.port, client_id=RUNNER_CLIENT_ID), RiskConfig())
     stop_runner = start_in_thread(runner)
-    print(f"runner started (client id {RUNNER_CLIENT_ID}) on the queue {store.path}")
+    print(f"runner started (client id {RUNNER_CLIENT_ID}) on the queue {store.where}")
     try:
         print(f"running {NOTEBOOK.name} in live mode with papermill ...", flush=True)
         run = run_notebook(NOTEBOOK, {"mode": "live", "port": gateway.port}, store=store, output_dir=work / "runs",

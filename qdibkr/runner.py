@@ -3,7 +3,10 @@
 It holds one connection to TWS (its own client id) and the queue's lease (one
 runner per queue, decided by the queue itself: ``Store.take_lease``).
 It wakes within milliseconds of a new signal (the emitter sends it a datagram
-on loopback; a slow safety poll covers a lost one), and for each signal that
+on loopback, or a PostgreSQL NOTIFY; a slow safety poll covers a lost one),
+reads what changed in the queue since it last looked (never the whole queue:
+a queue of 100,000 finished signals costs an order what an empty one does),
+and for each signal that
 may go (the strategy's earlier signals on that symbol are final, the trading
 hours allow it) it asks the gate (``gate.py``: the kill switch, the risk
 limits, the short-sale rule, board lots, measured now, since positions and
@@ -28,6 +31,11 @@ stays "connected" and the runner would wait for ever. Any message from TWS
 proves it alive; after ``heartbeat_interval`` seconds of silence the runner
 asks it the time, and if nothing arrives within ``heartbeat_timeout`` it drops
 the connection and reconnects, reconciling as after any reconnect.
+
+If the queue's database becomes unreachable (a PostgreSQL server restarting,
+the network to it down), the runner keeps its connection to TWS, says so, and
+tries again with backoff; once the database answers it reconciles, so whatever
+TWS reported meanwhile (fills, statuses) is recorded then.
 """
 
 import asyncio
@@ -37,7 +45,6 @@ import signal as signals
 import threading
 import time
 import uuid
-from collections import Counter
 from contextlib import asynccontextmanager
 
 from . import hours
@@ -47,13 +54,13 @@ from .errors import ConnectError, ContractError, QdibkrError
 from .gate import Gate, Refused
 from .model import FINAL, IN_FLIGHT, WAITING
 from .risk import RiskConfig
-from .store import CANCEL_OPEN_KEY, HALTED_KEY, WAKE_PORT_KEY, Fill, LeaseLost, Signal, Store
+from .store import CANCEL_OPEN_KEY, HALTED_KEY, Fill, LeaseLost, QueueUnavailable, Signal, Store
 
 log = logging.getLogger("qdibkr.runner")
 
 RUNNER_CLIENT_ID = CLIENT_IDS["runner"]
 REF_PREFIX = "qd-"
-SAFETY_POLL = 2.0  # seconds; wake-ups normally come by datagram within a millisecond
+SAFETY_POLL = 2.0  # seconds; wake-ups normally come by datagram or NOTIFY within a millisecond
 BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # seconds between reconnection attempts
 # The queue's lease: renewed every third of its term. A runner killed on this host is replaced at once
 # (its pid is gone); on another host, a successor waits out the term.
@@ -86,14 +93,6 @@ def runner_settings(**overrides) -> Settings:
     return load_settings(face="runner", **overrides)
 
 
-class _Wakeup(asyncio.DatagramProtocol):
-    def __init__(self, event: asyncio.Event):
-        self.event = event
-
-    def datagram_received(self, data, addr):
-        self.event.set()
-
-
 class Runner:
     def __init__(self, store: Store, settings: Settings | None = None,
                  risk: RiskConfig | RiskSource | None = None, heartbeat: Heartbeat | None = None):
@@ -108,6 +107,10 @@ class Runner:
         self.wake = asyncio.Event()
         self.stopping = False
         self._cancels_sent: set[str] = set()
+        # The signals to mind (waiting or in flight) by id, as of queue revision `_revision`: kept between
+        # wake-ups and brought up to date from what changed since (`_refresh`).
+        self._open: dict[str, Signal] = {}
+        self._revision = 0
         self._last_heard = time.monotonic()  # when TWS last sent anything; see _heartbeat
         self.ibkr.order_updated += _logged(self._on_order)
         self.ibkr.executed += _logged(self._on_execution)
@@ -121,9 +124,9 @@ class Runner:
         Taken already: ``RunnerBusy``, or with ``wait`` the runner waits until it is free."""
         while (holder := self.store.take_lease(self.lease_holder, LEASE_TTL)) is not None:
             if not wait:
-                raise RunnerBusy(f"another runner holds the queue {self.store.path} ({holder}); stop it first, "
+                raise RunnerBusy(f"another runner holds the queue {self.store.where} ({holder}); stop it first, "
                                  f"or start this one with --wait to take over when it stops")
-            log.info("waiting for the runner of %s (%s) to stop", self.store.path, holder)
+            log.info("waiting for the runner of %s (%s) to stop", self.store.where, holder)
             await asyncio.sleep(LEASE_TTL / 3)
         renewing = asyncio.ensure_future(self._renew_lease())
         try:
@@ -141,13 +144,13 @@ class Runner:
                 log.error("%s; stopping", e)
                 self.stop()
                 return
+            except QueueUnavailable as e:  # renewed at the next turn; the gate checks the lease before any send
+                log.warning("could not renew the runner's lease: %s", e)
 
     async def run(self, once: bool = False, wait: bool = False):
         """Work until stopped; with ``once``, until nothing is waiting to be sent or in flight."""
-        async with self.lease(wait):
+        async with self.lease(wait), self.store.wakeups(self.wake):
             loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Wakeup(self.wake), local_addr=("127.0.0.1", 0))
-            self.store.set(WAKE_PORT_KEY, str(transport.get_extra_info("sockname")[1]))
             reloads = threading.current_thread() is threading.main_thread()
             if reloads:  # `kill -HUP`: read the risk limits again now (they are also re-read when the file changes)
                 loop.add_signal_handler(signals.SIGHUP, self.risk.reload)
@@ -159,8 +162,6 @@ class Runner:
             finally:
                 if reloads:
                     loop.remove_signal_handler(signals.SIGHUP)
-                self.store.set(WAKE_PORT_KEY, None)
-                transport.close()
                 self.ibkr.disconnect()
 
     def stop(self):
@@ -220,17 +221,33 @@ class Runner:
     async def _serve(self, once: bool) -> bool:
         """Reconcile, then send as signals arrive until the connection ends or the runner is stopped
         (False), or, with ``once``, until nothing is waiting to be sent or in flight (True)."""
-        await self.reconcile()
+        await self._reconcile_when_the_queue_answers()
         while self.ibkr.is_connected() and not self.stopping:
             self.wake.clear()
-            await self.work()
-            if once and self.idle():
-                return True
+            try:
+                await self.work()
+                if once and self.idle():
+                    return True
+            except QueueUnavailable as e:
+                log.error("%s; the runner keeps its connection to TWS and waits for the queue", e)
+                await self._reconcile_when_the_queue_answers()
+                continue
             try:
                 await asyncio.wait_for(self.wake.wait(), SAFETY_POLL)
             except asyncio.TimeoutError:
                 pass
         return False
+
+    async def _reconcile_when_the_queue_answers(self):
+        """Reconcile, retrying with backoff while the queue's database is unreachable."""
+        for attempt in range(1_000_000):
+            try:
+                await self.reconcile()
+                return
+            except QueueUnavailable as e:
+                delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+                log.warning("cannot reconcile: %s; retrying in %g s", e, delay)
+                await asyncio.sleep(delay)
 
     def _heard(self):
         self._last_heard = time.monotonic()
@@ -273,10 +290,13 @@ class Runner:
                 self.store.update_signal(signal.id, status="pending", order_id=None, reason="")
                 log.info("signal %s never reached TWS; it will be sent", signal.id[:8])
             else:
-                filled = sum(f.shares for f in self.store.fills() if f.signal_id == signal.id)
+                filled = sum(f.shares for f in self.store.fills(signal_id=signal.id))
                 final = "filled" if filled >= (signal.order_quantity or 0) else "cancelled"
                 self.store.update_signal(signal.id, status=final, filled=filled,
                                          reason="" if final == "filled" else "TWS no longer knows this order")
+        self._open.clear()
+        signals, self._revision = self.store.open_signals()
+        self._open.update((s.id, s) for s in signals)
 
     def _flag_missing_executions(self, signal_id: str, missing: float):
         """TWS reports only the day's executions: shares filled on an earlier day while no runner
@@ -299,7 +319,8 @@ class Runner:
             self._cancel_open()
             self.store.set(CANCEL_OPEN_KEY, None)
         busy = set()  # (strategy, symbol): an earlier signal there is not final yet
-        for signal in self.store.open_signals():
+        self._refresh()
+        for signal in sorted(self._open.values(), key=lambda s: s.seq):
             key = (signal.strategy, signal.symbol)
             if signal.cancel_requested and signal.status in IN_FLIGHT:
                 self._cancel(signal)
@@ -308,6 +329,15 @@ class Runner:
             busy.add(key)
             if signal.status in WAITING and self.ibkr.is_connected() and not self.stopping:
                 await self.send(signal)
+
+    def _refresh(self):
+        """Bring the open signals up to date with what changed in the queue since the last look."""
+        changed, self._revision = self.store.changed_since(self._revision)
+        for signal in changed:
+            if signal.status in WAITING + IN_FLIGHT:
+                self._open[signal.id] = signal
+            else:
+                self._open.pop(signal.id, None)
 
     async def send(self, signal: Signal):
         """Send one signal's order if the trading hours and the gate let it go; else hold or reject it,
@@ -414,11 +444,12 @@ class Runner:
 
 
 def summary(store: Store) -> str:
-    """One line for a terminal: signals by status, and whether sending is halted."""
-    counts = Counter(s.status for s in store.signals())
+    """One line for a terminal: signals by status (from the queue's counters: as cheap with a million
+    signals as with none), and whether sending is halted."""
+    counts = store.status_counts()
     halted = store.get(HALTED_KEY)
-    parts = [f"{status} {counts[status]}" for status in
+    parts = [f"{status} {counts.get(status, 0)}" for status in
              ("pending", "held", "submitting", "submitted", "partially_filled", "filled", "cancelled", "rejected")
-             if counts[status]]
+             if counts.get(status, 0)]
     return f"{time.strftime('%H:%M:%S')} " + (" | ".join(parts) or "queue empty") + \
         (f" | HALTED: {halted}" if halted else "")

@@ -288,7 +288,7 @@ def run_notebook(notebook, parameters: dict | None = None, *, job: str | None = 
             watchdog.daemon = True
             watchdog.start()
         output.parent.mkdir(parents=True, exist_ok=True)
-        env = {**(env or {}), RUN_ID_ENV: run.id, "QDIBKR_DB": str(store.path.resolve())}
+        env = {**(env or {}), RUN_ID_ENV: run.id, "QDIBKR_DB": store.location}
         if job and slot:
             env[RUN_KEY_ENV] = run_key(job, slot)
         try:

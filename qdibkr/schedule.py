@@ -37,7 +37,6 @@ runs under way are recorded failed, their kernels killed.
 """
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from .errors import InputError, QdibkrError
 from .hours import load_calendar, quiet
 from .kernels import Kernel
 from .runs import DEFAULT_TIMEOUT, check_parameters, run_notebook, stop_runs, strategy_of
-from .store import Run, Store
+from .store import Run, Store, Taken
 
 log = logging.getLogger("qdibkr.schedule")
 
@@ -253,18 +252,13 @@ def load_jobs(folder=None) -> list[Job]:
 
 @contextmanager
 def job_lock(store: Store, job: Job):
-    """Held while ``job`` runs: an OS file lock beside the queue, released even if the process dies."""
-    path = f"{store.path}.job-{job.name}.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise JobBusy(f"job {job.name} is running already ({f.read().strip()})") from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
-        f.flush()
-        yield
+    """Held while ``job`` runs, by one scheduler on any host sharing the queue; released even if the
+    process dies."""
+    try:
+        with store.exclusive(f"job-{job.name}"):
+            yield
+    except Taken as e:
+        raise JobBusy(f"job {job.name} is running already ({e})") from None
 
 
 def _shut_down_once_started(kernel: Future):

@@ -10,13 +10,14 @@ twice stores one signal and returns it both times.
 """
 
 import os
-import socket
+from pathlib import Path
 
 from . import validate
 from .config import current
 from .errors import InputError
 from .model import SignalStatus, SignalType
-from .store import WAKE_PORT_KEY, Store
+from .databases import is_url
+from .store import Store
 from .symbols import HK_SHARE, parse_symbol
 
 SIGNAL_TYPES = {t.value: t.side.value for t in SignalType}  # the four types, and the side each trades
@@ -28,10 +29,11 @@ _stores: dict = {}
 def default_store() -> Store:
     """The configured queue (``config.current().queue_db``: QDIBKR_DB, ``[queue] db``, the default), one
     handle per file per process: the same queue the CLI and the runner use."""
-    path = current().queue_db.resolve()
-    if path not in _stores:
-        _stores[path] = Store(path)
-    return _stores[path]
+    where = current().queue_db
+    key = where if is_url(where) else Path(where).resolve()
+    if key not in _stores:
+        _stores[key] = Store(where)
+    return _stores[key]
 
 
 def board_lot(store: Store, symbol, ibkr=None) -> int:
@@ -91,8 +93,5 @@ def emit(signal_type: str, symbol: str, quantity: int | None = None, *, strategy
 
 
 def wake_runner(store: Store):
-    """Tell a runner listening on loopback that the queue changed; harmless when none is."""
-    port = store.get(WAKE_PORT_KEY)
-    if port:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"wake", ("127.0.0.1", int(port)))
+    """Tell the queue's runner that the queue changed; harmless when none listens."""
+    store.wake_runner()

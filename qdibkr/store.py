@@ -1,19 +1,25 @@
 """The durable pending-order queue: signals, their orders' progress, fills and per-strategy positions.
 
-All SQL lives here, kept plain (no SQLite-only tricks beyond the pragmas) so a
-PostgreSQL backend can follow. The queue is a SQLite file in WAL mode (where:
-``config.queue_path``). Every operation is atomic inside the store (one
-transaction, named for what it does: emit, admit an order, record a fill, halt,
-take the runner's lease...), so callers never hold a transaction. WAL with
-``synchronous=NORMAL`` keeps every committed change through a crash of any
-process (a power cut may lose the last moment).
+All SQL lives here, written once for both databases a queue can live in
+(``databases.py``): a SQLite file (``config.queue_location``, the default) for
+one host, or PostgreSQL (``QDIBKR_DB=postgresql://user@host/db``) for a desk whose
+notebooks run on several hosts and whose one runner sits beside TWS. Every
+operation is atomic inside the store (one transaction, named for what it does:
+emit, admit an order, record a fill, halt, take the runner's lease...), so
+callers never hold a transaction, and no writer on any host interleaves with
+it. Opening a store brings the database's schema to this version (``MIGRATIONS``).
 
 Every order sent, from any face, is journalled in ``orders`` by the gate in
-the same transaction that checked it: what "orders per day" counts.
+the same transaction that checked it, and counted per trading day in
+``order_counts``: what "orders per day" reads. The cost of an order does not
+grow with the signals ever stored: each change to a signal takes the next
+revision (``changed_since`` reads only what changed), statuses are counted as
+they change, every per-order query has its index, and finished signals can be
+moved to archive tables (``archive``, ``qdibkr queue archive``).
 
 One runner per queue: the runner holds a lease in the ``lease`` row, renewed
 while it lives; whatever path reaches the file (a symlink, a relative path), or
-later whichever host, a second runner finds the lease taken.
+whichever host, a second runner finds the lease taken.
 
 A signal's life (``model.TRANSITIONS``; any other change is an error):
 ``staged`` (emitted by a notebook run still in progress) -> ``pending`` ->
@@ -29,14 +35,12 @@ recorded ``skipped``.
 import logging
 import os
 import socket
-import sqlite3
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .databases import QueueUnavailable, Taken, open_database
 from .errors import QdibkrError
 from .model import FINAL, IN_FLIGHT, WAITING, SignalStatus, SignalType, check_transition
 
@@ -45,102 +49,133 @@ log = logging.getLogger("qdibkr.queue")
 HALTED_KEY, CANCEL_OPEN_KEY, WAKE_PORT_KEY = "halted", "cancel_open", "runner.wake_port"
 _FINAL_SQL = ", ".join(f"'{s}'" for s in FINAL)
 _IN_FLIGHT_SQL = ", ".join(f"'{s}'" for s in IN_FLIGHT)
+# Signals whose shares still count in a strategy's projected position: emitted and not final (a staged
+# signal's run may yet fail). Listed rather than excluded, so the (strategy, symbol, status) index seeks.
+_ON_THE_WAY_SQL = ", ".join(f"'{s}'" for s in WAITING + IN_FLIGHT)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS signals (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    strategy TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    market TEXT NOT NULL,
-    signal_type TEXT NOT NULL,
-    quantity INTEGER,
-    order_type TEXT NOT NULL,
-    limit_price REAL,
-    tif TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    source TEXT NOT NULL DEFAULT '',
-    run_id TEXT,
-    status TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL,
-    order_id INTEGER,
-    perm_id INTEGER,
-    order_quantity INTEGER,
-    filled INTEGER NOT NULL DEFAULT 0,
-    avg_price REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS signals_status ON signals (status);
-CREATE INDEX IF NOT EXISTS signals_strategy_symbol ON signals (strategy, symbol);
-CREATE TABLE IF NOT EXISTS orders (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    sent_at REAL NOT NULL,
-    trading_day TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    strategy TEXT,
-    symbol TEXT NOT NULL,
-    side TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    order_id INTEGER,
-    signal_id TEXT
-);
-CREATE INDEX IF NOT EXISTS orders_day ON orders (trading_day, strategy);
-CREATE TABLE IF NOT EXISTS lease (
-    name TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    since REAL NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fills (
-    exec_id TEXT PRIMARY KEY,
-    signal_id TEXT NOT NULL REFERENCES signals (id),
-    strategy TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    side TEXT NOT NULL,
-    shares INTEGER NOT NULL,
-    price REAL NOT NULL,
-    time REAL NOT NULL,
-    commission REAL NOT NULL,
-    commission_currency TEXT NOT NULL,
-    realized_pnl REAL
-);
-CREATE TABLE IF NOT EXISTS positions (
-    strategy TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    quantity INTEGER NOT NULL,
-    avg_cost REAL NOT NULL,
-    realized_pnl REAL NOT NULL,
-    PRIMARY KEY (strategy, symbol)
-);
-CREATE TABLE IF NOT EXISTS board_lots (
-    symbol TEXT PRIMARY KEY,
-    lot INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    job TEXT,
-    slot REAL,
-    notebook TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    parameters TEXT NOT NULL,
-    status TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    output_path TEXT NOT NULL DEFAULT '',
-    signals INTEGER NOT NULL DEFAULT 0,
-    error TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS runs_job_slot ON runs (job, slot);
-CREATE TABLE IF NOT EXISTS control (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
+# The schema, version by version: a database is brought to the last one when the store opens it, in one
+# transaction, whichever backend (DDL in SQLite's words; ``databases.PostgreSQL.ddl`` translates).
+# Version 1 is the queue as first released (a database from before versions existed has its tables).
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "the queue as first released", [
+        """CREATE TABLE IF NOT EXISTS signals (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            strategy TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            market TEXT NOT NULL,
+            signal_type TEXT NOT NULL,
+            quantity INTEGER,
+            order_type TEXT NOT NULL,
+            limit_price REAL,
+            tif TEXT NOT NULL,
+            idempotency_key TEXT UNIQUE,
+            source TEXT NOT NULL DEFAULT '',
+            run_id TEXT,
+            status TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            order_id INTEGER,
+            perm_id INTEGER,
+            order_quantity INTEGER,
+            filled INTEGER NOT NULL DEFAULT 0,
+            avg_price REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS signals_status ON signals (status)",
+        """CREATE TABLE IF NOT EXISTS orders (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            sent_at REAL NOT NULL,
+            trading_day TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            strategy TEXT,
+            symbol TEXT NOT NULL,
+            side TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            order_id INTEGER,
+            signal_id TEXT)""",
+        "CREATE INDEX IF NOT EXISTS orders_day ON orders (trading_day, strategy)",
+        """CREATE TABLE IF NOT EXISTS lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            since REAL NOT NULL,
+            expires_at REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS fills (
+            exec_id TEXT PRIMARY KEY,
+            signal_id TEXT NOT NULL REFERENCES signals (id),
+            strategy TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            side TEXT NOT NULL,
+            shares INTEGER NOT NULL,
+            price REAL NOT NULL,
+            time REAL NOT NULL,
+            commission REAL NOT NULL,
+            commission_currency TEXT NOT NULL,
+            realized_pnl REAL)""",
+        """CREATE TABLE IF NOT EXISTS positions (
+            strategy TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            currency TEXT NOT NULL,
+            quantity INTEGER NOT NULL,
+            avg_cost REAL NOT NULL,
+            realized_pnl REAL NOT NULL,
+            PRIMARY KEY (strategy, symbol))""",
+        "CREATE TABLE IF NOT EXISTS board_lots (symbol TEXT PRIMARY KEY, lot INTEGER NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS runs (
+            id TEXT PRIMARY KEY,
+            job TEXT,
+            slot REAL,
+            notebook TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            output_path TEXT NOT NULL DEFAULT '',
+            signals INTEGER NOT NULL DEFAULT 0,
+            error TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX IF NOT EXISTS runs_job_slot ON runs (job, slot)",
+        "CREATE TABLE IF NOT EXISTS control (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ]),
+    # A run records its owner, the process executing it (``owner_pid`` on ``owner_host``, which started
+    # ``owner_started`` clock ticks after the host booted), so that a run left ``running`` by a killed
+    # process can be told from one still going in another, and a pid reused since from its owner.
+    # (Added only where missing: qdibkr versions before schema versions added them on first use.)
+    (2, "runs record the process that owns them", [
+        "ALTER TABLE runs ADD COLUMN owner_pid INTEGER",
+        "ALTER TABLE runs ADD COLUMN owner_host TEXT",
+        "ALTER TABLE runs ADD COLUMN owner_started INTEGER",
+    ]),
+    # The cost of an order must not grow with the signals ever stored: every change to a signal takes
+    # the next ``revision`` (so the runner reads only what changed since it last looked), counters answer
+    # "signals by status" and "orders today", indexes serve each per-order query, and finished signals
+    # can be moved out of the way to the archive tables (``Store.archive``).
+    (3, "cost per order independent of the queue's size", [
+        "ALTER TABLE signals ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",
+        "UPDATE signals SET rev = seq",
+        "CREATE INDEX signals_rev ON signals (rev)",
+        "DROP INDEX IF EXISTS signals_strategy_symbol",
+        "CREATE INDEX signals_strategy_symbol_status ON signals (strategy, symbol, status)",
+        "CREATE INDEX signals_symbol_status ON signals (symbol, status)",
+        "CREATE INDEX signals_strategy_seq ON signals (strategy, seq)",
+        "CREATE INDEX signals_run ON signals (run_id)",
+        "CREATE INDEX fills_signal ON fills (signal_id)",
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        "INSERT INTO counters SELECT 'revision', COALESCE(MAX(rev), 0) FROM signals",
+        "INSERT INTO counters SELECT 'status.' || status, COUNT(*) FROM signals GROUP BY status",
+        """CREATE TABLE order_counts (
+            trading_day TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (trading_day, strategy))""",
+        "INSERT INTO order_counts SELECT trading_day, COALESCE(strategy, ''), COUNT(*) FROM orders GROUP BY 1, 2",
+        "CREATE TABLE signals_archive AS SELECT * FROM signals WHERE 1 = 0",
+        "CREATE TABLE fills_archive AS SELECT * FROM fills WHERE 1 = 0",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 @dataclass
@@ -277,42 +312,84 @@ def _alive_here(host: str, pid: int) -> bool | None:
 
 
 class Store:
-    """One process's handle on the queue database; safe to share between threads."""
+    """One process's handle on the queue (a SQLite file's path, or a PostgreSQL URL); safe to share
+    between threads. Opening it brings the database's schema to this version of qdibkr."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+    def __init__(self, where: str | os.PathLike):
+        self.db = open_database(where if isinstance(where, str) else os.fspath(where))
+        self.where = self.db.shown  # for people: a path, or a URL without its password
+        self.location = self.db.location  # for a child process (QDIBKR_DB): the full path or URL
+        self._migrate()
 
     def close(self):
-        self._db.close()
+        self.db.close()
 
-    @contextmanager
+    def _migrate(self):
+        """Bring the schema to ``SCHEMA_VERSION``, in one transaction (two processes opening an old
+        queue at once: the second finds it done). Newer than this qdibkr knows: refused."""
+        if self._version(self.db.query) == SCHEMA_VERSION:
+            return
+        with self.transaction() as db:
+            version = self._version(lambda sql: db.execute(sql).fetchall())
+            if version > SCHEMA_VERSION:
+                raise QdibkrError(f"the queue {self.where} has schema version {version}, newer than this qdibkr "
+                                  f"knows ({SCHEMA_VERSION}): upgrade qdibkr (pip install -U qdibkr)")
+            for number, what, statements in MIGRATIONS:
+                if number <= version:
+                    continue
+                for statement in statements:
+                    words = statement.split()
+                    if words[:2] == ["ALTER", "TABLE"] and words[3:5] == ["ADD", "COLUMN"] \
+                            and words[5] in self.db.columns(db, words[2]):
+                        continue  # added by a qdibkr from before schema versions
+                    db.execute(self.db.ddl(statement))
+                log.info("queue %s: schema version %d (%s)", self.where, number, what)
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    def _version(self, query) -> int:
+        """The schema version recorded in the database (0: a new database, or one from before versions)."""
+        if self.db.kind == "sqlite":
+            query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        else:  # PostgreSQL: CREATE ... IF NOT EXISTS can still race with another process; ask first
+            if not query("SELECT to_regclass('schema_version') IS NOT NULL AS present")[0]["present"]:
+                return 0
+        rows = query("SELECT version FROM schema_version")
+        return rows[0]["version"] if rows else 0
+
     def transaction(self):
-        """One atomic change; BEGIN IMMEDIATE so checks and writes see the same state."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        """One atomic change: no other writer, on any host, interleaves with it."""
+        return self.db.write()
 
-    def _query(self, sql: str, args=()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+    def read(self, reader):
+        """``reader(db)`` over one consistent view of the queue (a transaction that writes nothing)."""
+        with self.db.read() as db:
+            return reader(db)
+
+    def _query(self, sql: str, args=()) -> list:
+        return self.db.query(sql, args)
 
     def data_version(self) -> int:
         """A number that changes whenever another connection (the runner, say) commits a change:
         a cheap way to watch the queue."""
-        return self._query("PRAGMA data_version")[0][0]
+        return self.db.data_version()
+
+    # ------------------------------------------------------------ counters
+    @staticmethod
+    def _count(db, name: str, by: int):
+        db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = counters.n + ?",
+                   (name, by, by))
+
+    def _next_revision(self, db) -> int:
+        """The number the next change to signals is stamped with: every change, committed or not, has a
+        higher one than any committed before it (writers run one at a time)."""
+        self._count(db, "revision", 1)
+        return db.execute("SELECT n FROM counters WHERE name = 'revision'").fetchone()["n"]
+
+    def status_counts(self) -> dict[str, int]:
+        """Signals by status, from counters kept with every change (not a count of the table)."""
+        rows = self._query("SELECT name, n FROM counters WHERE name LIKE 'status.%' AND n > 0")
+        return {row["name"][len("status."):]: row["n"] for row in rows}
 
     # ------------------------------------------------------------ signals
     @staticmethod
@@ -338,9 +415,11 @@ class Store:
     def insert_signal(self, db, **values) -> Signal:
         """Insert a new signal within the caller's transaction."""
         now = time.time()
-        values = {"id": uuid.uuid4().hex, "created_at": now, "updated_at": now, **values}
+        values = {"id": uuid.uuid4().hex, "created_at": now, "updated_at": now, **values,
+                  "rev": self._next_revision(db)}
         columns = ", ".join(values)
         db.execute(f"INSERT INTO signals ({columns}) VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
+        self._count(db, f"status.{values['status']}", 1)
         signal = self._signal(db.execute("SELECT * FROM signals WHERE id = ?", (values["id"],)).fetchone())
         log.info("signal %s %s %s %s %s: %s", signal.id[:8], signal.strategy, signal.signal_type, signal.symbol,
                  signal.quantity if signal.quantity is not None else "all", signal.status)
@@ -352,7 +431,9 @@ class Store:
 
     def find_signal(self, id_start: str) -> Signal | None:
         """The one signal whose id starts so (as `qdibkr queue` shows ids cut short), else None."""
-        rows = self._query("SELECT * FROM signals WHERE id LIKE ? LIMIT 2", (f"{id_start}%",))
+        # Ids are lowercase hex: those starting with `abc` lie in [abc, abc~), which the id's index finds.
+        rows = self._query("SELECT * FROM signals WHERE id >= ? AND id < ? LIMIT 2",
+                           (id_start.lower(), f"{id_start.lower()}~"))
         return self._signal(rows[0]) if len(rows) == 1 else None
 
     def signals(self, *, statuses=None, strategy: str | None = None, limit: int | None = None,
@@ -372,20 +453,36 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [self._signal(r) for r in reversed(self._query(sql, args))]  # the latest, oldest first
 
-    def open_signals(self) -> list[Signal]:
-        """Every signal the runner has to mind (waiting or in flight), in emission order."""
-        return self.signals(statuses=WAITING + IN_FLIGHT)
+    def open_signals(self) -> tuple[list[Signal], int]:
+        """Every signal the runner has to mind (waiting or in flight), in emission order, and the
+        revision they are as of (``changed_since`` tells what changed after it)."""
+        def read(db):
+            revision = db.execute("SELECT n FROM counters WHERE name = 'revision'").fetchone()["n"]
+            rows = db.execute(f"SELECT * FROM signals WHERE status IN ({', '.join('?' * len(WAITING + IN_FLIGHT))}) "
+                              f"ORDER BY seq", WAITING + IN_FLIGHT).fetchall()
+            return [self._signal(r) for r in rows], revision
+        return self.read(read)
+
+    def changed_since(self, revision: int) -> tuple[list[Signal], int]:
+        """The signals changed (or new) after ``revision``, and the revision they are as of: what a
+        watcher reads instead of the whole queue."""
+        rows = self._query("SELECT * FROM signals WHERE rev > ? ORDER BY rev", (revision,))
+        return [self._signal(r) for r in rows], max((r["rev"] for r in rows), default=revision)
 
     def update_signal(self, signal_id: str, db=None, **changes) -> Signal:
         """Change a signal's columns (its status among them) in one transaction, and log it."""
-        changes["updated_at"] = time.time()
-        assignments = ", ".join(f"{k} = ?" for k in changes)
         if db is None:
             with self.transaction() as db:
                 return self.update_signal(signal_id, db, **changes)
+        changes["updated_at"] = time.time()
+        changes["rev"] = self._next_revision(db)
         if "status" in changes:
             old = db.execute("SELECT status FROM signals WHERE id = ?", (signal_id,)).fetchone()["status"]
             check_transition(signal_id, old, changes["status"])
+            if old != changes["status"]:
+                self._count(db, f"status.{old}", -1)
+                self._count(db, f"status.{changes['status']}", 1)
+        assignments = ", ".join(f"{k} = ?" for k in changes)
         db.execute(f"UPDATE signals SET {assignments} WHERE id = ?", (*changes.values(), signal_id))
         signal = self._signal(db.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone())
         if "status" in changes:
@@ -405,7 +502,7 @@ class Store:
         which may yet fail) do not count."""
         rows = db.execute(
             f"SELECT signal_type, quantity, filled FROM signals WHERE strategy = ? AND symbol = ? "
-            f"AND status NOT IN ({_FINAL_SQL}, 'staged')", (strategy, symbol)).fetchall()
+            f"AND status IN ({_ON_THE_WAY_SQL})", (strategy, symbol)).fetchall()
         delta, closes = 0, False
         for row in rows:
             if row["quantity"] is None:
@@ -430,13 +527,31 @@ class Store:
     def release_run(self, run_id: str) -> int:
         """A notebook run succeeded: its staged signals go to the runner."""
         with self.transaction() as db:
-            return self._release_staged(db, run_id)
+            return self._end_staging(db, run_id)
 
     def discard_run(self, run_id: str, reason: str) -> int:
         """A notebook run failed: none of its signals may trade. Their idempotency keys are set
         aside (suffixed with the run), so that a repeat of the run may emit them afresh."""
         with self.transaction() as db:
-            return self._discard_staged(db, run_id, reason)
+            return self._end_staging(db, run_id, reason)
+
+    def archive(self, older_than: float) -> int:
+        """Move finished signals last changed more than ``older_than`` seconds ago, with their fills, to
+        the archive tables, where nothing on the way of an order reads them; returns how many moved."""
+        before = time.time() - older_than
+        old = f"status IN ({_FINAL_SQL}) AND updated_at < ?"
+        with self.transaction() as db:
+            by_status = db.execute(f"SELECT status, COUNT(*) AS n FROM signals WHERE {old} GROUP BY status",
+                                   (before,)).fetchall()
+            db.execute(f"INSERT INTO fills_archive SELECT * FROM fills WHERE signal_id IN "
+                       f"(SELECT id FROM signals WHERE {old})", (before,))
+            db.execute(f"DELETE FROM fills WHERE signal_id IN (SELECT id FROM signals WHERE {old})", (before,))
+            db.execute(f"INSERT INTO signals_archive SELECT * FROM signals WHERE {old}", (before,))
+            moved = db.execute(f"DELETE FROM signals WHERE {old}", (before,)).rowcount
+            for row in by_status:
+                self._count(db, f"status.{row['status']}", -row["n"])
+        log.info("archived %d finished signals of %s", moved, self.where)
+        return moved
 
     # ------------------------------------------------------------ the gate's operations
     def in_flight(self, db, symbol: str, strategy: str | None = None) -> tuple[int, int]:
@@ -464,12 +579,13 @@ class Store:
         return [(f"qd-{r['id']}", SignalType(r["signal_type"]).side, r["order_quantity"] or 0) for r in rows]
 
     def orders_today(self, db, trading_day: str, strategy: str | None = None) -> int:
-        """Orders sent on an exchange's ``trading_day`` (of one strategy, or all)."""
-        sql, args = "SELECT COUNT(*) FROM orders WHERE trading_day = ?", [trading_day]
+        """Orders sent on an exchange's ``trading_day`` (of one strategy, or all), from the counts
+        ``admit`` keeps."""
+        sql, args = "SELECT COALESCE(SUM(n), 0) AS n FROM order_counts WHERE trading_day = ?", [trading_day]
         if strategy is not None:
             sql += " AND strategy = ?"
             args.append(strategy)
-        return db.execute(sql, args).fetchone()[0]
+        return db.execute(sql, args).fetchone()["n"]
 
     def position(self, db, strategy: str, symbol: str) -> int:
         row = db.execute("SELECT quantity FROM positions WHERE strategy = ? AND symbol = ?",
@@ -478,28 +594,25 @@ class Store:
 
     def admit(self, judge, order: SentOrder, *, lease_holder: str | None = None) -> Signal | None:
         """Let an order go, atomically: ``judge(db)`` measures and checks it inside this transaction and
-        raises to refuse it (nothing is written then); otherwise the order is journalled and, for a
-        signal, the signal recorded ``submitting`` with its order id and size. A runner passes its
+        raises to refuse it (nothing is written then); otherwise the order is journalled and counted and,
+        for a signal, the signal recorded ``submitting`` with its order id and size. A runner passes its
         ``lease_holder``: if it no longer holds the lease, ``LeaseLost`` is raised and nothing is sent."""
         with self.transaction() as db:
             if lease_holder is not None:
                 row = db.execute("SELECT holder FROM lease WHERE name = 'runner'").fetchone()
                 if row is None or row["holder"] != lease_holder:
-                    raise LeaseLost(f"this runner lost the lease on the queue {self.path} to another runner; "
+                    raise LeaseLost(f"this runner lost the lease on the queue {self.where} to another runner; "
                                     f"it sends nothing more")
             judge(db)
             values = [getattr(order, f.name) for f in fields(SentOrder)]
             db.execute(f"INSERT INTO orders (sent_at, {', '.join(f.name for f in fields(SentOrder))}) "
                        f"VALUES (?, {', '.join('?' * len(values))})", (time.time(), *values))
+            db.execute("INSERT INTO order_counts VALUES (?, ?, 1) ON CONFLICT (trading_day, strategy) "
+                       "DO UPDATE SET n = order_counts.n + 1", (order.trading_day, order.strategy or ""))
             if order.signal_id:
                 return self.update_signal(order.signal_id, db, status=SignalStatus.SUBMITTING,
                                           order_id=order.order_id, order_quantity=order.quantity, reason="")
         return None
-
-    def read(self, reader):
-        """``reader(db)`` over one consistent view of the queue (a transaction that writes nothing)."""
-        with self.transaction() as db:
-            return reader(db)
 
     def halted(self, db=None) -> str | None:
         """Why trading is halted (the kill switch), or None; within the caller's transaction ``db`` if given."""
@@ -512,26 +625,29 @@ class Store:
         """Throw the kill switch: no face sends an order until ``resume``. With ``cancel_open``, the
         runner also cancels every working order it placed."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (HALTED_KEY, reason or "halted"))
+            self._set(db, HALTED_KEY, reason or "halted")
             if cancel_open:
-                db.execute("INSERT OR REPLACE INTO control VALUES (?, '1')", (CANCEL_OPEN_KEY,))
+                self._set(db, CANCEL_OPEN_KEY, "1")
         log.warning("trading halted: %s", reason)
 
     def resume(self):
         self.set(HALTED_KEY, None)
         log.warning("trading resumed")
 
-    # ------------------------------------------------------------ the runner's lease
+    # ------------------------------------------------------------ the runner's lease and wake-ups
     def take_lease(self, holder: str, ttl: float) -> Lease | None:
         """Take the runner's lease for ``ttl`` seconds if it is free, expired, held by a process of this
-        host that is gone, or ours already; else return who holds it."""
-        now = time.time()
+        host that is gone, or ours already; else return who holds it. Expiry is judged by the database's
+        clock (PostgreSQL: the server's, one clock for every host)."""
         with self.transaction() as db:
+            now = self.db.now(db)
             row = db.execute("SELECT * FROM lease WHERE name = 'runner'").fetchone()
             if row is not None and row["holder"] != holder and row["expires_at"] > now \
                     and _alive_here(row["host"], row["pid"]) is not False:
                 return Lease(*(row[k] for k in ("holder", "host", "pid", "since", "expires_at")))
-            db.execute("INSERT OR REPLACE INTO lease VALUES ('runner', ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO lease VALUES ('runner', ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "holder = excluded.holder, host = excluded.host, pid = excluded.pid, "
+                       "since = excluded.since, expires_at = excluded.expires_at",
                        (holder, socket.gethostname(), os.getpid(), now, now + ttl))
         return None
 
@@ -539,13 +655,26 @@ class Store:
         """Extend our lease; ``LeaseLost`` if another runner holds it now."""
         with self.transaction() as db:
             changed = db.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner' AND holder = ?",
-                                 (time.time() + ttl, holder)).rowcount
+                                 (self.db.now(db) + ttl, holder)).rowcount
         if not changed:
-            raise LeaseLost(f"this runner lost the lease on the queue {self.path} to another runner")
+            raise LeaseLost(f"this runner lost the lease on the queue {self.where} to another runner")
 
     def release_lease(self, holder: str):
         with self.transaction() as db:
             db.execute("DELETE FROM lease WHERE name = 'runner' AND holder = ?", (holder,))
+
+    def wake_runner(self):
+        """Tell the runner the queue changed (at once; harmless when no runner listens)."""
+        self.db.wake(self.get(WAKE_PORT_KEY) if self.db.kind == "sqlite" else None)
+
+    def wakeups(self, event):
+        """An async context in which ``event`` is set whenever a process wakes the runner."""
+        return self.db.wakeups(event, announce=lambda port: self.set(WAKE_PORT_KEY, port))
+
+    def exclusive(self, name: str):
+        """A context held by one process at a time, on any host sharing the queue (a scheduled job's
+        lock): ``Taken`` if another holds it; freed when the holder ends, however it ends."""
+        return self.db.exclusive(name)
 
     # ------------------------------------------------------------ fills and positions
     def record_fill(self, fill: Fill, currency: str) -> bool:
@@ -564,7 +693,9 @@ class Store:
                 realized += fill.realized_pnl
                 quantity -= fill.shares
                 avg_cost = avg_cost if quantity else 0.0
-            db.execute("INSERT OR REPLACE INTO positions VALUES (?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (strategy, symbol) DO UPDATE SET "
+                       "currency = excluded.currency, quantity = excluded.quantity, avg_cost = excluded.avg_cost, "
+                       "realized_pnl = excluded.realized_pnl",
                        (fill.strategy, fill.symbol, currency, quantity, avg_cost, realized))
             values = [getattr(fill, f.name) for f in fields(Fill)]
             db.execute(f"INSERT INTO fills VALUES ({', '.join('?' * len(values))})", values)
@@ -576,9 +707,14 @@ class Store:
         sql = "SELECT * FROM positions" + (" WHERE strategy = ?" if strategy else "") + " ORDER BY strategy, symbol"
         return [StrategyPosition(**dict(r)) for r in self._query(sql, (strategy,) if strategy else ())]
 
-    def fills(self, strategy: str | None = None) -> list[Fill]:
-        sql = "SELECT * FROM fills" + (" WHERE strategy = ?" if strategy else "") + " ORDER BY time, exec_id"
-        return [Fill(**dict(r)) for r in self._query(sql, (strategy,) if strategy else ())]
+    def fills(self, strategy: str | None = None, signal_id: str | None = None) -> list[Fill]:
+        """Recorded fills (of one strategy, or of one signal), in time order."""
+        sql, args = "SELECT * FROM fills WHERE 1=1", []
+        for column, value in (("strategy", strategy), ("signal_id", signal_id)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        return [Fill(**dict(r)) for r in self._query(sql + " ORDER BY time, exec_id", args)]
 
     # ------------------------------------------------------------ board lots and control flags
     def board_lot(self, symbol: str) -> int | None:
@@ -587,7 +723,8 @@ class Store:
 
     def remember_board_lot(self, symbol: str, lot: int):
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO board_lots VALUES (?, ?)", (symbol, int(lot)))
+            db.execute("INSERT INTO board_lots VALUES (?, ?) ON CONFLICT (symbol) DO UPDATE SET lot = excluded.lot",
+                       (symbol, int(lot)))
 
     def get(self, key: str, default: str | None = None) -> str | None:
         rows = self._query("SELECT value FROM control WHERE key = ?", (key,))
@@ -598,27 +735,14 @@ class Store:
             if value is None:
                 db.execute("DELETE FROM control WHERE key = ?", (key,))
             else:
-                db.execute("INSERT OR REPLACE INTO control VALUES (?, ?)", (key, value))
+                self._set(db, key, value)
+
+    @staticmethod
+    def _set(db, key: str, value: str):
+        db.execute("INSERT INTO control VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   (key, value))
 
     # ------------------------------------------------------------ notebook runs
-    # A run records its owner, the process executing it (``owner_pid`` on ``owner_host``, which started
-    # ``owner_started`` clock ticks after the host booted), so that a run left ``running`` by a killed
-    # process can be told from one still going in another, and a pid reused since from its owner.
-    # The columns are added to an older database on first use (see ``_run_owner_columns``).
-    RUN_OWNER_COLUMNS = {"owner_pid": "INTEGER", "owner_host": "TEXT", "owner_started": "INTEGER"}
-
-    def _run_owner_columns(self):
-        """Add the owner columns to ``runs`` if this database predates them: checked and altered in
-        one transaction, so that two processes upgrading at once do not both add them."""
-        if getattr(self, "_runs_have_owner", False):
-            return
-        with self.transaction() as db:
-            present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
-            for column, kind in self.RUN_OWNER_COLUMNS.items():
-                if column not in present:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
-        self._runs_have_owner = True
-
     @staticmethod
     def _run(row) -> Run:
         return Run(**{f.name: row[f.name] for f in fields(Run)})
@@ -626,7 +750,6 @@ class Store:
     def start_run(self, **values) -> Run:
         """Record a run that is starting (or, with ``status="skipped"``, a slot passed over), owned
         by this process."""
-        self._run_owner_columns()
         values = {"id": uuid.uuid4().hex, "started_at": time.time(), "status": "running",
                   **_this_process(), **values}
         with self.transaction() as db:
@@ -637,7 +760,6 @@ class Store:
     def skip_slot(self, job: str, slot: float, **values) -> Run | None:
         """Record ``job``'s ``slot`` as passed over (``error``: why), unless a run for it or a later
         slot is recorded already (by another process, say); then None."""
-        self._run_owner_columns()
         now = time.time()
         values = {"id": uuid.uuid4().hex, "job": job, "slot": slot, "status": "skipped", "started_at": now,
                   "finished_at": now, **_this_process(), **values}
@@ -663,7 +785,7 @@ class Store:
         run no longer ``running`` (stopped, or failed as an orphan meanwhile) is left as it is."""
         with self.transaction() as db:
             if db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()["status"] == "running":
-                released = self._release_staged(db, run_id)
+                released = self._end_staging(db, run_id)
                 changes = {"status": "succeeded", "finished_at": time.time(), "signals": released, **changes}
                 db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
                            (*changes.values(), run_id))
@@ -684,7 +806,6 @@ class Store:
         process is gone, or whose pid now belongs to a process started after the run (reused), and
         those recorded before runs had owners. Runs of live processes and of other hosts are left
         alone. Staged signals left behind by a failed run are cancelled too. One transaction."""
-        self._run_owner_columns()
         host = _this_host()
         with self.transaction() as db:
             orphans = []
@@ -704,7 +825,7 @@ class Store:
                 "WHERE runs.status = 'failed' AND signals.status = 'staged'")]
             for run_id in left:
                 error = db.execute("SELECT error FROM runs WHERE id = ?", (run_id,)).fetchone()["error"]
-                self._discard_staged(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
+                self._end_staging(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
         runs = [self.run(run_id) for run_id, _ in orphans]
         for run in runs:
             log.warning("run %s of %s: %s", run.id[:8], run.notebook, run.error)
@@ -715,21 +836,21 @@ class Store:
         for run_id in run_ids:
             db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
                        (*changes.values(), run_id))
-            self._discard_staged(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
+            self._end_staging(db, run_id, f"notebook run {run_id[:8]} failed: {error}")
 
-    @staticmethod
-    def _release_staged(db, run_id: str) -> int:
-        """``release_run`` within the caller's transaction."""
-        return db.execute("UPDATE signals SET status = 'pending', updated_at = ? WHERE run_id = ? "
-                          "AND status = 'staged'", (time.time(), run_id)).rowcount
-
-    @staticmethod
-    def _discard_staged(db, run_id: str, reason: str) -> int:
-        """``discard_run`` within the caller's transaction: the run's staged signals cancelled, their
-        idempotency keys set aside so that a repeat of the run may emit them afresh."""
-        return db.execute("UPDATE signals SET status = 'cancelled', reason = ?, updated_at = ?, "
-                          "idempotency_key = idempotency_key || ' discarded by run ' || run_id "
-                          "WHERE run_id = ? AND status = 'staged'", (reason, time.time(), run_id)).rowcount
+    def _end_staging(self, db, run_id: str, reason: str | None = None) -> int:
+        """A run's staged signals released to the runner (``pending``), or, given why, discarded
+        (``cancelled``, their idempotency keys set aside so that a repeat of the run may emit them
+        afresh); within the caller's transaction. Returns how many."""
+        status, discard = ("pending", "") if reason is None else \
+            ("cancelled", ", reason = ?, idempotency_key = idempotency_key || ' discarded by run ' || run_id")
+        moved = db.execute(f"UPDATE signals SET status = ?, updated_at = ?, rev = ?{discard} "
+                           f"WHERE run_id = ? AND status = 'staged'",
+                           (status, time.time(), self._next_revision(db), *([reason] if discard else []), run_id)
+                           ).rowcount
+        self._count(db, "status.staged", -moved)
+        self._count(db, f"status.{status}", moved)
+        return moved
 
     def run(self, run_id: str) -> Run | None:
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -744,7 +865,7 @@ class Store:
 
     def last_slot(self, job: str) -> float | None:
         """The latest schedule slot a job has run for, or passed over."""
-        return self._query("SELECT MAX(slot) FROM runs WHERE job = ?", (job,))[0][0]
+        return self._query("SELECT MAX(slot) AS slot FROM runs WHERE job = ?", (job,))[0]["slot"]
 
 
 def _this_host() -> str:

@@ -80,7 +80,7 @@ def test_output_cut_short_by_a_pipe_is_no_error(store, tmp_path):
         emit("open_long", "AAPL", 1 + i, strategy="pipe", store=store)
     qdibkr = shutil.which("qdibkr") or pytest.fail("the qdibkr console script is not installed")
     # JSON: 200 signals come to more than a pipe's 64 KiB buffer, so the writer meets the closed end.
-    listing = subprocess.Popen([qdibkr, "queue", "--db", str(store.path), "--limit", "200", "--json"],
+    listing = subprocess.Popen([qdibkr, "queue", "--db", str(store.location), "--limit", "200", "--json"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     listing.stdout.readline()
     listing.stdout.close()  # as `| head -1` does

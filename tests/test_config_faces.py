@@ -58,7 +58,7 @@ def test_risk_limits_are_reread_when_the_file_changes(config, caplog):
 def test_a_simulated_gateway_in_a_notebook_has_a_queue_of_its_own(config, tmp_path):
     shared = tmp_path / "shared.sqlite"
     script = ("import os; from qdibkr.notebook import gateway_port; from qdibkr.signals import default_store; "
-              "gateway_port(0); print(default_store().path)")
+              "gateway_port(0); print(default_store().location)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "QDIBKR_DB": str(shared)})
     assert done.returncode == 0, done.stderr

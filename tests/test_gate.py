@@ -110,7 +110,7 @@ def world(gateway, store, tmp_path, monkeypatch, capsys) -> World:
         return place(client_id, order_id, listing, request)
 
     gateway.broker.place = spy  # called on the gateway's thread for each placeOrder it receives
-    monkeypatch.setenv("QDIBKR_DB", str(store.path))  # the CLI finds the queue as a user's would
+    monkeypatch.setenv("QDIBKR_DB", str(store.location))  # the CLI finds the queue as a user's would
     w = World(gateway, store, tmp_path, monkeypatch, capsys, placed)
     w.configure()
     return w

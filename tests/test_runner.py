@@ -4,6 +4,8 @@ import asyncio
 import threading
 from contextlib import closing
 
+from pathlib import Path
+
 import pytest
 
 from qdibkr import InputError, emit
@@ -254,13 +256,13 @@ def test_a_second_runner_on_the_same_queue_is_refused_by_any_path(store, gateway
     """The lease is in the queue itself: a symlink or a relative path to the same file finds it taken."""
     first = Runner(store, runner_settings(port=gateway.port), ALWAYS)
     assert store.take_lease(first.lease_holder, 60) is None
-    path = store.path
+    path = Path(store.location)
     if reach == "symlink":
         path = tmp_path / "elsewhere.sqlite"
-        path.symlink_to(store.path)
+        path.symlink_to(store.location)
     elif reach == "relative path":
-        monkeypatch.chdir(store.path.parent)
-        path = store.path.name
+        monkeypatch.chdir(Path(store.location).parent)
+        path = Path(store.location).name
     emit("open_long", "AAPL", 1, strategy="a", store=store)
     second_runner_refused(path, gateway)
     assert gateway.broker.orders == {} and statuses(store) == [("open_long", "pending")]

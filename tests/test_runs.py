@@ -56,7 +56,7 @@ def test_signals_stay_staged_until_the_run_succeeds(store, emitter, tmp_path):
     with open(gate, "w") as writer:  # opens once the notebook, past its emits, waits to read
         staged = store.signals()
         assert [(s.symbol, s.status) for s in staged] == [("AAPL", "staged"), ("MSFT", "staged")]
-        assert store.open_signals() == []  # nothing a runner would send
+        assert store.open_signals()[0] == []  # nothing a runner would send
         writer.write("go\n")
     thread.join(60)
     [run] = result
@@ -70,7 +70,7 @@ def test_a_failed_run_releases_no_signals(store, emitter, tmp_path):
     assert run.error.startswith("RuntimeError: half way (cell [")
     assert [s.status for s in store.signals()] == ["cancelled", "cancelled"]
     assert all(f"notebook run {run.id[:8]} failed: RuntimeError: half way" in s.reason for s in store.signals())
-    assert store.open_signals() == []
+    assert store.open_signals()[0] == []
     assert outputs(run.output_path, "error")[0]["evalue"] == "half way"  # kept, showing where it stopped
 
 
@@ -90,7 +90,7 @@ def test_a_slot_run_again_emits_nothing_twice(store, emitter, tmp_path):
 
 
 def test_qdibkr_run(store, emitter, tmp_path, capsys):
-    args = ["run", str(emitter), "--db", str(store.path), "--runs", str(tmp_path / "runs"), "-p", "strategy", "cli",
+    args = ["run", str(emitter), "--db", str(store.location), "--runs", str(tmp_path / "runs"), "-p", "strategy", "cli",
             "-p", "orders", '[["IWM", 4]]']
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -103,7 +103,7 @@ def test_qdibkr_run(store, emitter, tmp_path, capsys):
 
 def test_qdibkr_run_refuses_a_parameter_the_notebook_lacks(store, emitter, tmp_path, capsys):
     """A misspelt parameter must not run the notebook with the default instead (papermill only logs it)."""
-    args = ["run", str(emitter), "--db", str(store.path), "--runs", str(tmp_path / "runs"), "-p", "strategi", "x"]
+    args = ["run", str(emitter), "--db", str(store.location), "--runs", str(tmp_path / "runs"), "-p", "strategi", "x"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "has no parameter strategi; its parameters are strategy, orders, gate, fail" in err

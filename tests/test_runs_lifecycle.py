@@ -102,7 +102,7 @@ def test_a_run_has_a_default_timeout(store, hanging, tmp_path, monkeypatch, caps
 
     notebook, _ = hanging
     monkeypatch.setattr(qdibkr.runs, "DEFAULT_TIMEOUT", 1.5)
-    assert main(["run", str(notebook), "--db", str(store.path), "--runs", str(tmp_path / "runs")]) == 1
+    assert main(["run", str(notebook), "--db", str(store.location), "--runs", str(tmp_path / "runs")]) == 1
     assert "none of its signals will trade: timed out: the run took more than 1.5 s" in capsys.readouterr().err
     [run] = store.runs()
     # Whether the kernel got as far as emitting in 1.5 s depends on the machine's load; none may trade.
@@ -113,7 +113,7 @@ def test_a_run_has_a_default_timeout(store, hanging, tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_qdibkr_run_records_the_run_failed_before_it_exits(store, hanging, tmp_path, signum):
     notebook, gate = hanging
-    process = qdibkr("run", str(notebook), "--db", str(store.path), "--runs", str(tmp_path / "runs"))
+    process = qdibkr("run", str(notebook), "--db", str(store.location), "--runs", str(tmp_path / "runs"))
     try:
         with staged(gate):
             [run] = store.runs()
@@ -141,7 +141,7 @@ def test_qdibkr_schedule_stops_within_2_s_of_a_signal_recording_its_run_failed(s
     # A run recorded long ago: the job is not new, so its latest slot (this minute's) is due now.
     store.start_run(job="hang", slot=0.0, notebook=str(notebook), strategy="hang", parameters="{}",
                     status="succeeded", finished_at=1.0)
-    process = qdibkr("schedule", "--dir", str(folder), "--db", str(store.path), "--runs", str(tmp_path / "runs"))
+    process = qdibkr("schedule", "--dir", str(folder), "--db", str(store.location), "--runs", str(tmp_path / "runs"))
     try:
         with staged(gate):
             [run] = [r for r in store.runs("hang") if r.status == "running"]  # (a new minute's slot: skipped)
@@ -166,7 +166,7 @@ def test_qdibkr_schedule_stops_within_2_s_of_a_signal_recording_its_run_failed(s
 def test_a_run_whose_process_was_killed_is_recorded_failed_at_the_next_start(store, hanging, tmp_path, capsys,
                                                                               next_start):
     notebook, gate = hanging
-    process = qdibkr("run", str(notebook), "--db", str(store.path), "--runs", str(tmp_path / "runs"))
+    process = qdibkr("run", str(notebook), "--db", str(store.location), "--runs", str(tmp_path / "runs"))
     try:
         with staged(gate):
             [kernel] = children(process.pid)
@@ -180,16 +180,16 @@ def test_a_run_whose_process_was_killed_is_recorded_failed_at_the_next_start(sto
             os.kill(kernel, signal.SIGKILL)
     if next_start == "run":
         quick = write_notebook(tmp_path / "quick.ipynb", 'strategy = "quick"')
-        assert main(["run", str(quick), "--db", str(store.path), "--runs", str(tmp_path / "runs")]) == 0
+        assert main(["run", str(quick), "--db", str(store.location), "--runs", str(tmp_path / "runs")]) == 0
     else:
         (tmp_path / "schedules").mkdir()
-        assert main(["schedule", "list", "--dir", str(tmp_path / "schedules"), "--db", str(store.path)]) == 0
+        assert main(["schedule", "list", "--dir", str(tmp_path / "schedules"), "--db", str(store.location)]) == 0
     capsys.readouterr()
     orphan = store.run(run.id)
     assert orphan.status == "failed" and orphan.finished_at is not None
     assert f"left running by process {process.pid} on " in orphan.error and "has ended" in orphan.error
     assert [s.status for s in store.signals()] == ["cancelled", "cancelled"]
-    assert store.signals(statuses=["staged"]) == [] and store.open_signals() == []
+    assert store.signals(statuses=["staged"]) == [] and store.open_signals()[0] == []
     assert [r.status for r in store.runs()] == ["failed", "succeeded"][:2 if next_start == "run" else 1]
 
 

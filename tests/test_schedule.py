@@ -186,9 +186,9 @@ def test_a_misspelt_parameter_is_refused_when_the_schedule_loads(folder, store, 
     assert "quick.ipynb has no parameter modee; its parameters are strategy, gate, mode, symbols" in str(refused.value)
     assert str(refused.value).startswith(f"parameter: {path}: ")
     # ... in the very words `qdibkr run` refuses it with
-    assert main(["run", str(folder.parent / "quick.ipynb"), "--db", str(store.path), "-p", "modee", "live"]) == 2
+    assert main(["run", str(folder.parent / "quick.ipynb"), "--db", str(store.location), "-p", "modee", "live"]) == 2
     assert capsys.readouterr().err.strip().removeprefix("qdibkr: parameter: ") in refused.value.message
-    assert main(["schedule", "list", "--dir", str(folder), "--db", str(store.path)]) == 2  # the scheduler won't start
+    assert main(["schedule", "list", "--dir", str(folder), "--db", str(store.location)]) == 2  # the scheduler won't start
     assert "has no parameter modee" in capsys.readouterr().err and store.runs() == []
 
 
@@ -308,7 +308,7 @@ def test_a_kernel_warmed_for_another_slot_is_shut_down_not_used(folder, store, t
 
 def test_qdibkr_schedule_list_and_run(folder, store, tmp_path, capsys):
     schedule(folder, "us", 'at = "close-10m"\ncalendar = "XNYS"')
-    common = ["--dir", str(folder), "--db", str(store.path), "--runs", str(tmp_path / "runs")]
+    common = ["--dir", str(folder), "--db", str(store.location), "--runs", str(tmp_path / "runs")]
     assert main(["schedule", "list", *common]) == 0
     out = capsys.readouterr().out
     [row] = [line for line in out.splitlines() if line.startswith("us ")]

@@ -110,10 +110,10 @@ def test_connection_form_connects_refuses_and_explains(session, gateway):
 def test_session_is_the_widgets_face_with_the_sessions_queue(session, store, monkeypatch):
     assert session.ibkr.face == "widgets" and session.ibkr.gate.store is store
     assert session.ibkr.settings.client_id == 5  # given; else the widgets' own default
-    monkeypatch.setenv("QDIBKR_DB", str(store.path))
+    monkeypatch.setenv("QDIBKR_DB", str(store.location))
     default = Session()
     assert default.ibkr.settings.client_id == 3 and default.ibkr.gate.store is default.store
-    assert default.store.path.resolve() == store.path.resolve()  # the configured queue
+    assert default.store.location == store.location  # the configured queue
     assert dashboard(default).connection.client_id.value == 3
 
 
@@ -204,7 +204,7 @@ def test_signals_from_the_ticket_queue_cancel_and_fill(session, gateway, store):
         second = store.signals()[-1]
         assert second.status == "pending" and second.signal_type == "open_long"
         # The runner, as another process would: its own connection to the queue and to TWS.
-        runner_store = Store(store.path)
+        runner_store = Store(store.location)
         runner = Runner(runner_store, runner_settings(port=gateway.port), RiskConfig(outside_hours="send"))
         thread = threading.Thread(target=asyncio.run, args=(runner.run(once=True),), daemon=True)
         thread.start()
