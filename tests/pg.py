@@ -85,7 +85,6 @@ class PostgresServer:
 
     def __init__(self):
         self.dir: Path | None = None  # holds data/, log and the socket
-        self.running = False
         self._bindir: Path | None = None
         self._identity: dict = {}
         self._finalizer = None
@@ -101,19 +100,16 @@ class PostgresServer:
         if self.dir is None:
             self._create()
         self._run("pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w", "start")
-        self.running = True
         return self
 
     def stop(self):
         """Kill the server at once (``pg_ctl stop -m immediate``): clients lose their connections, data stays."""
-        if self.running:
-            self.running = False
-            self._run("pg_ctl", "-D", self.dir / "data", "-m", "immediate", "-w", "stop")
+        if self.dir is not None:
+            _stop(self._bindir, self.dir, self._identity)
 
     def close(self):
         """Stop the server and remove its directory."""
         if self._finalizer is not None:
-            self.running = False
             self._finalizer()
 
     def url(self, dbname: str = "postgres") -> str:
@@ -187,10 +183,16 @@ def _run(bindir: Path, directory: Path, identity: dict, program: str, *args) -> 
     return done
 
 
+def _stop(bindir: Path, directory: Path, identity: dict):
+    """An immediate shutdown, if the server runs (its pid file is there); returns once it has exited."""
+    if (directory / "data" / "postmaster.pid").exists():
+        _run(bindir, directory, identity, "pg_ctl", "-D", directory / "data", "-m", "immediate", "-w", "stop")
+
+
 def _remove(bindir: Path, directory: Path, identity: dict):
-    """Stop the server if it runs (an immediate shutdown) and remove its directory, even if stopping failed."""
+    """Stop the server and remove its directory, even if stopping failed. A module function, not a method:
+    the finalizer that calls it at the interpreter's exit must not keep the server object alive."""
     try:
-        if (directory / "data" / "postmaster.pid").exists():
-            _run(bindir, directory, identity, "pg_ctl", "-D", directory / "data", "-m", "immediate", "-w", "stop")
+        _stop(bindir, directory, identity)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -1,6 +1,8 @@
 """The PostgreSQL server the tests start themselves (tests/pg.py) and the fixtures built on it."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -124,3 +126,16 @@ def test_queue_url_is_fresh_for_each_backend(queue_url):
         assert tables(queue_url) == []
     else:
         assert not Path(queue_url).exists() and Path(queue_url).parent.is_dir()
+
+
+def test_a_server_left_running_is_stopped_when_its_process_exits():
+    """A benchmark that forgets close() leaves no server behind."""
+    script = ("from tests.pg import PostgresServer\n"
+              "server = PostgresServer().start()\n"
+              "print(server.dir, open(server.dir / 'data' / 'postmaster.pid').readline(), flush=True)\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=60, check=True)
+    directory, pid = done.stdout.split()
+    assert gone(int(pid))
+    assert not Path(directory).exists()
