@@ -1,6 +1,9 @@
-"""Shared fixtures: a simulated gateway on a free loopback port, and real ib_insync clients."""
+"""Shared fixtures: a simulated gateway on a free loopback port, real ib_insync clients, and the queue's
+databases (a SQLite file, or a database on a real PostgreSQL server started for the session)."""
 
 import asyncio
+import os
+import uuid
 
 import pytest
 from ib_insync import IB, util
@@ -9,6 +12,8 @@ from qdibkr.broker import until
 from qdibkr.ibkr import IBKR
 from qdibkr.sim import SimGateway
 from qdibkr.store import Store
+
+from .pg import PostgresServer, PostgresUnavailable
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +80,49 @@ def store(tmp_path):
     s = Store(tmp_path / "queue.sqlite")
     yield s
     s.close()
+
+
+def started_postgres() -> PostgresServer:
+    """A started PostgreSQL server. Where none can start, the test is skipped saying why; in CI (``CI`` set)
+    it fails instead, so a broken setup is never reported green."""
+    server = PostgresServer()
+    try:
+        return server.start()
+    except PostgresUnavailable as e:
+        server.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL server did not start: {e}")
+        pytest.skip(f"PostgreSQL server did not start: {e}")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the whole session, started by the first test that needs one."""
+    server = started_postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_of_its_own():
+    """A PostgreSQL server for one test that stops and restarts it (the database going down and coming back),
+    which would cut the other tests' connections to the session's server."""
+    server = started_postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def queue_url(request, tmp_path):
+    """Where a fresh, empty queue lives, once per backend: a SQLite file's path (not yet created) or the URL
+    of a new PostgreSQL database, dropped afterwards with any connection the test left open."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "queue.sqlite")
+        return
+    server = request.getfixturevalue("postgres")  # only PostgreSQL tests start the server
+    name = f"qd_{uuid.uuid4().hex}"
+    yield server.create_database(name)
+    server.drop_database(name)
 
 
 @pytest.fixture
