@@ -107,10 +107,11 @@ class _Database:
             if not self._lost(e):
                 raise
 
-    def query(self, sql: str, args=()) -> list:
-        """The rows of one statement that changes nothing, outside any transaction."""
+    def query(self, sql: str, args=(), fetch=True) -> list:
+        """The rows of one statement that may be repeated harmlessly (a read), outside any transaction."""
         with self._lock:
-            return self._connection().execute(sql, args).fetchall()
+            cursor = self._connection().execute(sql, args)
+            return cursor.fetchall() if fetch else []
 
     def _lost(self, error: BaseException) -> bool:
         """Whether ``error`` means the connection to the database is gone."""
@@ -273,17 +274,17 @@ class PostgreSQL(_Database):
         except Exception as e:
             raise self._unavailable(e) if self._lost(e) else e
 
-    def query(self, sql: str, args=()) -> list:
+    def query(self, sql: str, args=(), fetch=True) -> list:
         with self._lock:
             try:
-                return super().query(sql, args)
+                return super().query(sql, args, fetch)
             except Exception as e:
                 if not self._lost(e):
                     raise
             self._conn.close()  # a read can be asked again on a new connection
             self._conn = None
             try:
-                return super().query(sql, args)
+                return super().query(sql, args, fetch)
             except Exception as e:
                 raise self._unavailable(e) if self._lost(e) else e
 
@@ -332,8 +333,8 @@ class PostgreSQL(_Database):
 
     # ------------------------------------------------------------ waking the runner
     def wake(self, port=None):
-        """NOTIFY the runner's channel; delivered at once (or at the commit of a transaction)."""
-        self.query(f"NOTIFY {self.WAKE_CHANNEL}")
+        """NOTIFY the runner's channel (no transaction: delivered at once)."""
+        self.query(f"NOTIFY {self.WAKE_CHANNEL}", fetch=False)
 
     @asynccontextmanager
     async def wakeups(self, event: asyncio.Event, announce):

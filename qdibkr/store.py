@@ -327,10 +327,12 @@ class Store:
     def _migrate(self):
         """Bring the schema to ``SCHEMA_VERSION``, in one transaction (two processes opening an old
         queue at once: the second finds it done). Newer than this qdibkr knows: refused."""
-        if self._version(self.db.query) == SCHEMA_VERSION:
-            return
+        with self.db.read() as db:
+            if self._version(db) == SCHEMA_VERSION:
+                return
         with self.transaction() as db:
-            version = self._version(lambda sql: db.execute(sql).fetchall())
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = self._version(db)
             if version > SCHEMA_VERSION:
                 raise QdibkrError(f"the queue {self.where} has schema version {version}, newer than this qdibkr "
                                   f"knows ({SCHEMA_VERSION}): upgrade qdibkr (pip install -U qdibkr)")
@@ -347,15 +349,12 @@ class Store:
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
-    def _version(self, query) -> int:
+    def _version(self, db) -> int:
         """The schema version recorded in the database (0: a new database, or one from before versions)."""
-        if self.db.kind == "sqlite":
-            query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        else:  # PostgreSQL: CREATE ... IF NOT EXISTS can still race with another process; ask first
-            if not query("SELECT to_regclass('schema_version') IS NOT NULL AS present")[0]["present"]:
-                return 0
-        rows = query("SELECT version FROM schema_version")
-        return rows[0]["version"] if rows else 0
+        if not self.db.columns(db, "schema_version"):
+            return 0
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        return row["version"] if row else 0
 
     def transaction(self):
         """One atomic change: no other writer, on any host, interleaves with it."""

@@ -76,8 +76,17 @@ def ib_async_client(gateway):
 
 @pytest.fixture
 def store(tmp_path):
-    """A fresh queue database."""
+    """A fresh queue in a SQLite file. (Modules whose every test must hold on both backends, the store's,
+    the runner's and the crash tests, override it with ``store_on_each_backend``.)"""
     s = Store(tmp_path / "queue.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def store_on_each_backend(queue_url):
+    """A fresh queue, once in a SQLite file and once in a PostgreSQL database."""
+    s = Store(queue_url)
     yield s
     s.close()
 

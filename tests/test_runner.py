@@ -19,6 +19,12 @@ from qdibkr.store import Store
 ALWAYS = RiskConfig(outside_hours="send")  # the simulated market never closes
 
 
+@pytest.fixture
+def store(store_on_each_backend):
+    """Every test here runs on a SQLite queue and on a PostgreSQL one."""
+    return store_on_each_backend
+
+
 def run_once(store: Store, gateway, risk: RiskConfig = ALWAYS, advance: float = 0.0) -> Runner:
     """Run a runner until nothing is waiting or in flight. With ``advance``, move the
     gateway's clock on in steps of that many seconds meanwhile (limit orders fill later)."""
@@ -252,8 +258,9 @@ def second_runner_refused(path, gateway):
 
 
 @pytest.mark.parametrize("reach", ["same path", "symlink", "relative path"])
-def test_a_second_runner_on_the_same_queue_is_refused_by_any_path(store, gateway, tmp_path, monkeypatch, reach):
+def test_a_second_runner_on_the_same_queue_is_refused_by_any_path(tmp_path, gateway, monkeypatch, reach):
     """The lease is in the queue itself: a symlink or a relative path to the same file finds it taken."""
+    store = Store(tmp_path / "queue.sqlite")  # paths are a SQLite queue's matter
     first = Runner(store, runner_settings(port=gateway.port), ALWAYS)
     assert store.take_lease(first.lease_holder, 60) is None
     path = Path(store.location)
