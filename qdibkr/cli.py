@@ -138,6 +138,11 @@ QUEUE_COLUMNS = ("seq", "id", "created_at", "strategy", "signal_type", "symbol",
 
 
 def cmd_queue(args):
+    if args.action == "archive":
+        moved = queue_store(args).archive(args.older_than)
+        print(f"archived {moved} finished signals last changed over {args.older_than / 86400:g} days ago "
+              f"(to signals_archive, their fills to fills_archive)")
+        return
     signals = queue_store(args).signals(strategy=args.strategy, limit=args.limit)
     rows = [{k: v for k, v in r.items() if k in QUEUE_COLUMNS} for r in records(signals)]
     if not args.json:
@@ -389,6 +394,18 @@ def quantity(text: str) -> float:
     return int(value)
 
 
+def age(text: str) -> float:
+    """An age such as 30d, 12h, 90m or 45s, in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age: write it as 30d, 12h, 90m or 45s")
+    return value
+
+
 def count(text: str) -> int:
     """A --limit N: the store takes 0 or less for no limit at all, which is not what N says."""
     try:
@@ -478,7 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     signal.add_argument("--tif", default="DAY", choices=["DAY", "GTC"], type=str.upper)
     signal.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
     signal.add_argument("--key", help="idempotency key: the same key queues one signal however often it is sent")
-    queue = command("queue", cmd_queue, "signals and their orders' status", output)
+    queue = command("queue", cmd_queue, "signals and their orders' status; `queue archive` moves old finished "
+                                        "signals out of the way", output)
+    queue.add_argument("action", nargs="?", choices=["list", "archive"], default="list",
+                       help="list the latest signals (default), or archive finished ones")
+    queue.add_argument("--older-than", type=age, default=age("30d"), metavar="AGE",
+                       help="archive: finished signals last changed longer ago than AGE (default 30d)")
     queue.add_argument("--strategy")
     queue.add_argument("--limit", type=count, default=50, help="the latest N signals (default 50)")
     cancel_signal = command("cancel-signal", cmd_cancel_signal, "cancel a signal not yet filled")
