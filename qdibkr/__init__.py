@@ -23,8 +23,8 @@ from .symbols import Symbol, parse_symbol
 
 # The names whose modules are heavy, and those modules: loaded on first use (PEP 562), so that
 # `import qdibkr.cli` and `from qdibkr import emit` pull in neither ib_insync (with eventkit and numpy,
-# through the broker) nor the simulator's pandas and exchange calendars. The queue commands start as
-# fast as a bare sqlite3 script.
+# through the broker) nor the simulator's pandas and exchange calendars: the queue commands start in
+# a fraction of the time (bench/cli_bench.py).
 _LAZY = {
     "IBKR": "ibkr",
     "Status": "broker", "AccountSummary": "broker", "OrderResult": "broker", "Quote": "broker",
@@ -56,4 +56,5 @@ def __getattr__(name):
 
 
 def __dir__():
+    # The lazy names too, for a notebook's tab completion.
     return sorted({*globals(), *_LAZY})
