@@ -13,14 +13,24 @@ The public API::
     gateway = qdibkr.SimGateway(port=0).start_in_thread()   # the offline simulated gateway
 """
 
+import importlib
+
 from .config import PRESETS, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, LiveTradingRefused, NotConnectedError,
                      OrderRejected, PacingError, QdibkrError, TWSError)
-from .broker import AccountSummary, OrderResult, Quote, Status
-from .gate import Refused
-from .ibkr import IBKR
 from .signals import SIGNAL_TYPES, emit
 from .symbols import Symbol, parse_symbol
+
+# The names whose modules are heavy, and those modules: loaded on first use (PEP 562), so that
+# `import qdibkr.cli` and `from qdibkr import emit` pull in neither ib_insync (with eventkit and numpy,
+# through the broker) nor the simulator's pandas and exchange calendars: the queue commands start in
+# a fraction of the time (bench/cli_bench.py).
+_LAZY = {
+    "IBKR": "ibkr",
+    "Status": "broker", "AccountSummary": "broker", "OrderResult": "broker", "Quote": "broker",
+    "Refused": "gate",
+    "SimGateway": "sim",
+}
 
 __all__ = [
     "connect", "emit", "SIGNAL_TYPES", "IBKR", "Settings", "load_settings", "PRESETS", "Symbol", "parse_symbol", "SimGateway",
@@ -30,15 +40,21 @@ __all__ = [
 ]
 
 
-def connect(**settings) -> IBKR:
+def connect(**settings) -> "IBKR":
     """Connect to TWS / IB Gateway (paper by default) and return the live session."""
+    from .ibkr import IBKR
+
     return IBKR(**settings).connect()
 
 
 def __getattr__(name):
-    # The simulator pulls in numpy, pandas and exchange calendars: load it only when asked for.
-    if name == "SimGateway":
-        from .sim import SimGateway
+    if name not in _LAZY:
+        raise AttributeError(f"module 'qdibkr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # the next lookup finds it without coming here
+    return value
 
-        return SimGateway
-    raise AttributeError(f"module 'qdibkr' has no attribute {name!r}")
+
+def __dir__():
+    # The lazy names too, for a notebook's tab completion.
+    return sorted({*globals(), *_LAZY})

@@ -23,7 +23,6 @@ running runner or HTTP server needs no restart, and logs what changed.
 
 import logging
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +81,8 @@ def config_file(path: Path | None = None) -> dict:
     path = path or config_path()
     if not path.exists():
         return {}
+    import tomllib  # here, not at the top: without a config file the queue commands never parse TOML
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

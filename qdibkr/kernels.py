@@ -26,8 +26,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from jupyter_core.utils import run_sync
-
 KERNEL = "python3"
 STARTUP_TIMEOUT = 60.0  # seconds for a kernel to answer its first request
 # Like papermill's own kernels: the kernel keeps its IPython history in memory, not in the
@@ -37,6 +35,14 @@ KERNEL_ARGUMENTS = ["--HistoryManager.hist_file=:memory:"]
 # Its run is over and saved by then. jupyter_client's default is 5: ipykernel 7 now and then fails
 # to exit on request (about one shutdown in ten here), which would cost every such run seconds.
 SHUTDOWN_WAIT = 1.0
+
+
+def run_sync(coroutine_function):
+    """jupyter_core's ``run_sync``, imported when a kernel is first used: it imports asyncio, which the
+    command line's queue commands do without (their parser names this package's run timeout)."""
+    from jupyter_core.utils import run_sync as wrap
+
+    return wrap(coroutine_function)
 
 
 def notebook_imports(notebook: Path) -> list[str]:

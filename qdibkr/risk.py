@@ -24,7 +24,6 @@ of the order's exchange. Any breach stops the order; its rule's name and the num
 
 import datetime as dt
 from dataclasses import dataclass, fields
-from zoneinfo import ZoneInfo
 
 from .errors import InputError
 from .model import Side
@@ -96,13 +95,16 @@ def load_risk(config: dict) -> RiskConfig:
     return RiskConfig(_limits(section, "risk"), strategies, on_breach, outside_hours)
 
 
-EXCHANGE_ZONES = {HK_SHARE: ZoneInfo("Asia/Hong_Kong")}
-DEFAULT_ZONE = ZoneInfo("America/New_York")
+EXCHANGE_ZONES = {HK_SHARE: "Asia/Hong_Kong"}
+DEFAULT_ZONE = "America/New_York"
 
 
 def trading_day(market: str, when: float) -> str:
     """The exchange's calendar date at POSIX time ``when`` ("2026-11-27"): the day "orders per day" counts in."""
-    return dt.datetime.fromtimestamp(when, EXCHANGE_ZONES.get(market, DEFAULT_ZONE)).date().isoformat()
+    from zoneinfo import ZoneInfo  # here: reading time zones at import would slow every command's start
+
+    zone = ZoneInfo(EXCHANGE_ZONES.get(market, DEFAULT_ZONE))  # ZoneInfo keeps each zone it has read
+    return dt.datetime.fromtimestamp(when, zone).date().isoformat()
 
 
 @dataclass(frozen=True)
