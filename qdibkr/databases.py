@@ -19,18 +19,15 @@ Which one a queue is comes from where it is: ``postgresql://user@host/db`` (or
 ``postgres://``) is PostgreSQL, anything else a SQLite file's path.
 """
 
-import asyncio
 import functools
 import logging
 import os
 import re
-import socket
 import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import QdibkrError
 
@@ -167,15 +164,23 @@ class SQLite(_Database):
     def wake(port: str | None):
         """A datagram to the runner's port on loopback; harmless when no runner listens."""
         if port:
+            import socket  # here: the queue's light commands never wake anyone
+
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.sendto(b"wake", ("127.0.0.1", int(port)))
 
     @asynccontextmanager
-    async def wakeups(self, event: asyncio.Event, announce):
-        """Set ``event`` whenever a datagram arrives on a loopback port, which ``announce(port)``
-        publishes in the queue (and ``announce(None)`` withdraws at the end)."""
+    async def wakeups(self, event, announce):
+        """Set ``event`` (an asyncio.Event) whenever a datagram arrives on a loopback port, which
+        ``announce(port)`` publishes in the queue (and ``announce(None)`` withdraws at the end)."""
+        import asyncio
+
+        class Wakeup(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                event.set()
+
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Wakeup(event), local_addr=("127.0.0.1", 0))
+        transport, _ = await loop.create_datagram_endpoint(Wakeup, local_addr=("127.0.0.1", 0))
         announce(str(transport.get_extra_info("sockname")[1]))
         try:
             yield
@@ -189,6 +194,7 @@ class SQLite(_Database):
         released even if the process dies. Taken already: ``Taken`` saying by whom."""
         import datetime as dt
         import fcntl
+        import socket
 
         with open(f"{self.path}.{name}.lock", "a+") as f:
             try:
@@ -200,14 +206,6 @@ class SQLite(_Database):
             f.write(f"pid {os.getpid()} since {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
             f.flush()
             yield
-
-
-class _Wakeup(asyncio.DatagramProtocol):
-    def __init__(self, event: asyncio.Event):
-        self.event = event
-
-    def datagram_received(self, data, addr):
-        self.event.set()
 
 
 class Taken(Exception):
@@ -337,9 +335,11 @@ class PostgreSQL(_Database):
         self.query(f"NOTIFY {self.WAKE_CHANNEL}", fetch=False)
 
     @asynccontextmanager
-    async def wakeups(self, event: asyncio.Event, announce):
-        """Set ``event`` on every NOTIFY of the wake channel, from a connection of its own that
+    async def wakeups(self, event, announce):
+        """Set ``event`` (an asyncio.Event) on every NOTIFY of the wake channel, from a connection of its own that
         LISTENs, reopened after a drop (the runner's safety poll covers the gap)."""
+        import asyncio
+
         listening = asyncio.ensure_future(self._listen(event))
         try:
             yield
@@ -347,7 +347,9 @@ class PostgreSQL(_Database):
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
 
-    async def _listen(self, event: asyncio.Event):
+    async def _listen(self, event):
+        import asyncio
+
         import psycopg
 
         attempt = 0
@@ -373,6 +375,8 @@ class PostgreSQL(_Database):
     def exclusive(self, name: str):
         """Held while the block runs, by one process of any host: a session advisory lock on a
         connection of its own, released by the server when that connection ends (the process died)."""
+        import socket
+
         import psycopg
 
         key = hash_of(name)
@@ -418,6 +422,8 @@ def _percent_style(sql: str) -> str:
 
 
 def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -34,9 +34,7 @@ recorded ``skipped``.
 
 import logging
 import os
-import socket
 import time
-import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -300,7 +298,7 @@ class LeaseLost(QdibkrError):
 def _alive_here(host: str, pid: int) -> bool | None:
     """Whether process ``pid`` lives, if it is on this host (None: another host, which only the lease's
     expiry can tell about)."""
-    if host != socket.gethostname():
+    if host != _this_host():
         return None
     try:
         os.kill(pid, 0)
@@ -414,7 +412,7 @@ class Store:
     def insert_signal(self, db, **values) -> Signal:
         """Insert a new signal within the caller's transaction."""
         now = time.time()
-        values = {"id": uuid.uuid4().hex, "created_at": now, "updated_at": now, **values,
+        values = {"id": _new_id(), "created_at": now, "updated_at": now, **values,
                   "rev": self._next_revision(db)}
         columns = ", ".join(values)
         db.execute(f"INSERT INTO signals ({columns}) VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
@@ -647,7 +645,7 @@ class Store:
             db.execute("INSERT INTO lease VALUES ('runner', ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                        "holder = excluded.holder, host = excluded.host, pid = excluded.pid, "
                        "since = excluded.since, expires_at = excluded.expires_at",
-                       (holder, socket.gethostname(), os.getpid(), now, now + ttl))
+                       (holder, _this_host(), os.getpid(), now, now + ttl))
         return None
 
     def renew_lease(self, holder: str, ttl: float):
@@ -749,7 +747,7 @@ class Store:
     def start_run(self, **values) -> Run:
         """Record a run that is starting (or, with ``status="skipped"``, a slot passed over), owned
         by this process."""
-        values = {"id": uuid.uuid4().hex, "started_at": time.time(), "status": "running",
+        values = {"id": _new_id(), "started_at": time.time(), "status": "running",
                   **_this_process(), **values}
         with self.transaction() as db:
             db.execute(f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
@@ -760,7 +758,7 @@ class Store:
         """Record ``job``'s ``slot`` as passed over (``error``: why), unless a run for it or a later
         slot is recorded already (by another process, say); then None."""
         now = time.time()
-        values = {"id": uuid.uuid4().hex, "job": job, "slot": slot, "status": "skipped", "started_at": now,
+        values = {"id": _new_id(), "job": job, "slot": slot, "status": "skipped", "started_at": now,
                   "finished_at": now, **_this_process(), **values}
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE job = ? AND slot >= ?", (job, slot)).fetchone():
@@ -868,9 +866,14 @@ class Store:
 
 
 def _this_host() -> str:
-    import socket
+    import socket  # here, not at the top: the queue's light commands never need it
 
     return socket.gethostname()
+
+
+def _new_id() -> str:
+    """A random 128-bit id in hex, as ``uuid.uuid4().hex`` but without importing uuid (and platform)."""
+    return os.urandom(16).hex()
 
 
 def _process_start(pid: int) -> tuple[str, int] | None:

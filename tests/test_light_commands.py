@@ -38,7 +38,7 @@ def qdibkr_process(tmp_path, db, *argv) -> tuple[subprocess.CompletedProcess, se
 
 
 def test_signal_is_queued_without_the_broker(tmp_path, store):
-    done, imported = qdibkr_process(tmp_path, store.path, "signal", "open_long", "AAPL", "3", "--strategy", "light")
+    done, imported = qdibkr_process(tmp_path, store.location, "signal", "open_long", "AAPL", "3", "--strategy", "light")
     assert not imported & HEAVY
     [signal] = store.signals()
     assert (signal.symbol, signal.quantity, signal.strategy, signal.status) == ("AAPL", 3, "light", "pending")
@@ -47,38 +47,38 @@ def test_signal_is_queued_without_the_broker(tmp_path, store):
 
 def test_hk_signal_with_a_known_board_lot_needs_no_tws(tmp_path, store):
     store.remember_board_lot("0700.HK", 100)  # as a first signal for 0700.HK leaves it
-    done, imported = qdibkr_process(tmp_path, store.path, "signal", "open_long", "700", "200", "--strategy", "hk")
+    done, imported = qdibkr_process(tmp_path, store.location, "signal", "open_long", "700", "200", "--strategy", "hk")
     assert not imported & HEAVY
     assert [(s.symbol, s.quantity) for s in store.signals()] == [("0700.HK", 200)]
 
 
 def test_queue_lists_without_the_broker(tmp_path, store):
     emitted = emit("open_long", "MSFT", 5, strategy="light", store=store)
-    done, imported = qdibkr_process(tmp_path, store.path, "queue")
+    done, imported = qdibkr_process(tmp_path, store.location, "queue")
     assert not imported & HEAVY
     header, row = done.stdout.splitlines()
     assert header.split()[:2] == ["seq", "id"] and emitted.id[:8] in row and "MSFT" in row
 
 
 def test_halt_and_resume_without_the_broker(tmp_path, store):
-    done, imported = qdibkr_process(tmp_path, store.path, "halt", "--reason", "checking the books")
+    done, imported = qdibkr_process(tmp_path, store.location, "halt", "--reason", "checking the books")
     assert not imported & HEAVY
     assert store.halted() == "checking the books" and "no order is sent" in done.stdout
-    done, imported = qdibkr_process(tmp_path, store.path, "resume")
+    done, imported = qdibkr_process(tmp_path, store.location, "resume")
     assert not imported & HEAVY
     assert store.halted() is None and done.stdout == "resumed\n"
 
 
 def test_cancel_signal_without_the_broker(tmp_path, store):
     emitted = emit("open_long", "AAPL", 1, strategy="light", store=store)
-    done, imported = qdibkr_process(tmp_path, store.path, "cancel-signal", emitted.id[:8])
+    done, imported = qdibkr_process(tmp_path, store.location, "cancel-signal", emitted.id[:8])
     assert not imported & HEAVY
     assert store.signal(emitted.id).status == "cancelled"
 
 
 def test_hk_signal_with_an_unknown_board_lot_asks_tws(tmp_path, store, gateway):
     """The one queue command that needs TWS: the lazy imports bring the broker in when it is used."""
-    done, imported = qdibkr_process(tmp_path, store.path, "signal", "open_long", "0700.HK", "200",
+    done, imported = qdibkr_process(tmp_path, store.location, "signal", "open_long", "0700.HK", "200",
                                     "--strategy", "hk", "--port", str(gateway.port))
     assert "ib_insync" in imported
     assert store.board_lot("0700.HK") == 100  # learnt from the gateway, remembered in the queue
