@@ -15,11 +15,14 @@ import json
 import logging
 import os
 import sys
+import time
 
 from .config import PRESETS
 from .display import cell, records, table
 from .errors import InputError, QdibkrError
 
+
+STATUS_INTERVAL = 0.25  # seconds: the runner's status line is redrawn at most 4 times a second
 
 # ------------------------------------------------------------------ output
 def print_json(payload):
@@ -184,6 +187,24 @@ def cmd_resume(args):
     print("resumed")
 
 
+def status_line(text, interval: float = STATUS_INTERVAL):
+    """A handler that redraws ``text()`` on the terminal's last line after events, at most once per
+    ``interval`` seconds however many events come (a burst of TWS messages draws once, at its end too)."""
+    import asyncio
+
+    drawn, pending = [0.0], [False]
+
+    def draw():
+        pending[0], drawn[0] = False, time.monotonic()
+        print(f"\r{text()}\033[K", end="", file=sys.stderr, flush=True)
+
+    def on_event(*_):
+        if not pending[0]:
+            pending[0] = True
+            asyncio.get_event_loop().call_later(max(0.0, drawn[0] + interval - time.monotonic()), draw)
+    return on_event
+
+
 def cmd_runner(args):
     from .runner import Runner, runner_settings, summary
 
@@ -194,9 +215,7 @@ def cmd_runner(args):
         live=args.live or None).items() if v is not None})
     runner = Runner(store, settings)
     if sys.stderr.isatty():
-        def show_summary(*_):
-            print(f"\r{summary(store)}\033[K", end="", file=sys.stderr, flush=True)
-        runner.ibkr.updated += show_summary
+        runner.ibkr.updated += status_line(lambda: summary(store))
     try:
         runner.ibkr.run(runner.run(once=args.once, wait=args.wait))
     except KeyboardInterrupt:

@@ -205,3 +205,36 @@ def test_queue_commands(cli, capsys, tmp_path, gateway, monkeypatch):
     assert [f["shares"] for f in json.loads(out)] and sum(f["shares"] for f in json.loads(out)) == 200
     code, out, _ = cli("reconcile", "--db", db, "--json")
     assert json.loads(out) == [{"symbol": "0700.HK", "strategies": 200, "account": 200, "difference": 0}]
+
+
+def test_the_runners_status_line_is_drawn_at_most_four_times_a_second(store, gateway, tmp_path):
+    """On a terminal the runner shows the queue's counts on one line, redrawn after TWS's messages but at
+    most 4 times a second however many arrive, and its last drawing is up to date."""
+    import pty
+    import time
+
+    for i in range(60):
+        emit("open_long", ["AAPL", "MSFT", "TSLA"][i % 3], 1, strategy=f"s{i % 20}", store=store)
+    config = tmp_path / "config.toml"
+    config.write_text('[risk]\noutside_hours = "send"\n')
+    terminal, stderr = pty.openpty()
+    started = time.monotonic()
+    runner = subprocess.Popen([shutil.which("qdibkr"), "runner", "--once", "--port", str(gateway.port)],
+                              env={**os.environ, "QDIBKR_CONFIG": str(config), "QDIBKR_DB": store.location},
+                              stdout=subprocess.DEVNULL, stderr=stderr)
+    os.close(stderr)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # the runner closed the terminal: it has exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert runner.wait(timeout=60) == 0
+    elapsed = time.monotonic() - started
+    drawings = [line for line in output.decode().split("\r") if line.endswith("\x1b[K")]
+    assert drawings, output[-500:]
+    assert len(drawings) <= 4 * elapsed + 1, (len(drawings), elapsed)
+    assert "filled 60" in output.decode().splitlines()[-1]  # the summary it prints on leaving
