@@ -550,11 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebook")
     run.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("NAME", "VALUE"),
                      help="a notebook parameter; VALUE is JSON where it parses (10, true, [\"AAPL\"]), else text")
-    from .runs import DEFAULT_TIMEOUT
+    from .config import RUN_TIMEOUT
 
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help=f"seconds the run may take before it is stopped and recorded failed (default "
-                          f"{DEFAULT_TIMEOUT:g}; 0: no limit)")
+                          f"{RUN_TIMEOUT:g}; 0: no limit)")
     schedule = command("schedule", cmd_schedule, "run the notebooks of schedules/ on trading days; `schedule "
                                                  "list` shows each job's next run, `schedule run JOB` runs one now",
                        output)

@@ -37,6 +37,11 @@ LIVE_PORTS = {PRESETS["tws-live"], PRESETS["gateway-live"]}
 PRESET_LIST = ", ".join(f"{name} {port}" for name, port in PRESETS.items())
 DEFAULT_CONFIG = Path("~/.config/qdibkr/config.toml")
 DEFAULT_DB = Path("~/.local/share/qdibkr/queue.sqlite")
+# Seconds a run may take, kernel start included, before it is stopped and recorded failed. A live
+# strategy run takes about a second, a research run fetching a few years of bars through IB's
+# pacing a few minutes; ten minutes is ample for both, yet frees a hung scheduled job well before
+# its next slot (a daily one, or one every quarter of an hour) instead of holding it for ever.
+RUN_TIMEOUT = 600.0
 TRUE = ("1", "true", "yes", "on")
 # Each face's own client id, so that all of them can be connected to one TWS at once.
 CLIENT_IDS = {"cli": 1, "api": 2, "widgets": 3, "python": 4, "runner": 90}

@@ -23,7 +23,7 @@ A run:
    once), or ``failed`` with the error, its signals discarded: a notebook that
    fails half way leaves no half-done rebalance.
 
-A run never holds on for ever: it may take ``timeout`` seconds (``DEFAULT_TIMEOUT``
+A run never holds on for ever: it may take ``timeout`` seconds (``RUN_TIMEOUT``
 unless told), then its kernel is killed and it is recorded ``failed``, saying
 so. ``stop_runs`` stops the runs under way in this process the same way (the
 commands call it on SIGINT and SIGTERM, see ``stop_on_signals``). A run left
@@ -43,7 +43,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import config_file
+from .config import RUN_TIMEOUT, config_file
 from .errors import InputError
 from .kernels import KERNEL, Kernel, KernelDied
 from .signals import RUN_ID_ENV, default_store, wake_runner
@@ -53,11 +53,6 @@ log = logging.getLogger("qdibkr.runs")
 
 RUN_KEY_ENV = "QDIBKR_RUN_KEY"
 RUNS_ENV = "QDIBKR_RUNS"
-# Seconds a run may take, kernel start included, before it is stopped and recorded failed. A live
-# strategy run takes about a second, a research run fetching a few years of bars through IB's
-# pacing a few minutes; ten minutes is ample for both, yet frees a hung scheduled job well before
-# its next slot (a daily one, or one every quarter of an hour) instead of holding it for ever.
-DEFAULT_TIMEOUT = 600.0
 # Seconds a command that was stopped waits for its run's thread to wind down (its kernel killed,
 # the run recorded already) before it exits anyway.
 STOP_WAIT = 5.0
@@ -258,7 +253,7 @@ def run_notebook(notebook, parameters: dict | None = None, *, job: str | None = 
     """Execute ``notebook`` with ``parameters`` (see the module's notes) and return its record.
 
     A failing notebook does not raise: the record says ``failed`` and why. ``timeout`` bounds the
-    whole run, in seconds (None: ``DEFAULT_TIMEOUT``; 0: no limit); a run that takes longer has its
+    whole run, in seconds (None: ``RUN_TIMEOUT``; 0: no limit); a run that takes longer has its
     kernel killed and is recorded failed. ``env`` adds variables to the kernel's environment.
     ``kernel``: one started ahead for this notebook (see ``kernels``), else a fresh one starts
     now; either serves this run only. Runs left ``running`` by killed processes are recorded failed
@@ -268,7 +263,7 @@ def run_notebook(notebook, parameters: dict | None = None, *, job: str | None = 
         raise InputError("notebook", f"{notebook} is not a notebook file")
     parameters = dict(parameters or {})
     store = store or default_store()
-    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    timeout = RUN_TIMEOUT if timeout is None else float(timeout)
     execution = _Execution(store, job)
     with _under_way_lock:  # first, so that stop_runs stops this run whatever it is doing
         _under_way.add(execution)

@@ -54,7 +54,8 @@ import pandas as pd
 from .errors import InputError, QdibkrError
 from .hours import load_calendar, quiet
 from .kernels import Kernel
-from .runs import DEFAULT_TIMEOUT, check_parameters, run_notebook, stop_runs, strategy_of
+from .config import RUN_TIMEOUT
+from .runs import check_parameters, run_notebook, stop_runs, strategy_of
 from .store import Run, Store, Taken
 
 log = logging.getLogger("qdibkr.schedule")
@@ -97,7 +98,7 @@ class Job:
     at: str | None = None  # "open", "close-10m", ...: relative to the calendar's sessions
     missed: str = "skip"
     grace: float = 300.0  # seconds
-    timeout: float = DEFAULT_TIMEOUT  # seconds a run may take (0: no limit)
+    timeout: float = RUN_TIMEOUT  # seconds a run may take (0: no limit)
     source: Path | None = None
 
     @property
@@ -229,7 +230,7 @@ def load_job(path: Path) -> Job:
     return Job(name=spec.get("name") or path.stem, notebook=notebook, parameters=parameters, timezone=timezone,
                calendar=calendar, cron=spec.get("cron"), at=spec.get("at"), missed=missed,
                grace=_span(spec.get("grace", "5m"), "grace"),
-               timeout=_seconds(spec.get("timeout", DEFAULT_TIMEOUT), "timeout"), source=path)
+               timeout=_seconds(spec.get("timeout", RUN_TIMEOUT), "timeout"), source=path)
 
 
 def schedules_dir() -> Path:

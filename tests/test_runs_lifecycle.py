@@ -101,7 +101,7 @@ def test_a_run_has_a_default_timeout(store, hanging, tmp_path, monkeypatch, caps
     import qdibkr.runs
 
     notebook, _ = hanging
-    monkeypatch.setattr(qdibkr.runs, "DEFAULT_TIMEOUT", 1.5)
+    monkeypatch.setattr(qdibkr.runs, "RUN_TIMEOUT", 1.5)
     assert main(["run", str(notebook), "--db", str(store.location), "--runs", str(tmp_path / "runs")]) == 1
     assert "none of its signals will trade: timed out: the run took more than 1.5 s" in capsys.readouterr().err
     [run] = store.runs()

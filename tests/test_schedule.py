@@ -11,7 +11,7 @@ import pytest
 
 from qdibkr.cli import main
 from qdibkr.errors import InputError
-from qdibkr.runs import DEFAULT_TIMEOUT
+from qdibkr.config import RUN_TIMEOUT
 from qdibkr.schedule import JobBusy, Scheduler, load_job, load_jobs
 from tests.notebook_files import outputs, write_notebook
 
@@ -323,6 +323,6 @@ def test_the_shipped_schedules_load():
     jobs = {job.name: job for job in load_jobs(Path(__file__).parent.parent / "schedules")}
     assert set(jobs) == {"us_sma", "hk_sma"}
     assert all(job.notebook.is_file() and job.parameters["mode"] == "live" for job in jobs.values())
-    assert all(job.missed == "skip" and job.timeout == DEFAULT_TIMEOUT for job in jobs.values())  # never late, live
+    assert all(job.missed == "skip" and job.timeout == RUN_TIMEOUT for job in jobs.values())  # never late, live
     assert jobs["us_sma"].next_slot(at(NY, 2026, 11, 27, 9, 0)) == at(NY, 2026, 11, 27, 12, 50)  # early close
     assert jobs["hk_sma"].next_slot(at(HK, 2026, 12, 24, 16, 0)) == at(HK, 2026, 12, 28, 15, 30)
