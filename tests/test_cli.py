@@ -213,8 +213,8 @@ def test_the_runners_status_line_is_drawn_at_most_four_times_a_second(store, gat
     import pty
     import time
 
-    for i in range(60):
-        emit("open_long", ["AAPL", "MSFT", "TSLA"][i % 3], 1, strategy=f"s{i % 20}", store=store)
+    for i in range(120):  # about 3 s of orders at IB's pacing: long enough for several drawings
+        emit("open_long", ["AAPL", "MSFT", "TSLA"][i % 3], 1, strategy=f"s{i % 40}", store=store)
     config = tmp_path / "config.toml"
     config.write_text('[risk]\noutside_hours = "send"\n')
     terminal, stderr = pty.openpty()
@@ -237,4 +237,4 @@ def test_the_runners_status_line_is_drawn_at_most_four_times_a_second(store, gat
     drawings = [line for line in output.decode().split("\r") if line.endswith("\x1b[K")]
     assert drawings, output[-500:]
     assert len(drawings) <= 4 * elapsed + 1, (len(drawings), elapsed)
-    assert "filled 60" in output.decode().splitlines()[-1]  # the summary it prints on leaving
+    assert "filled 120" in output.decode().splitlines()[-1]  # the summary it prints on leaving
