@@ -147,12 +147,13 @@ class RunnerProcess:
         self._reader.join(timeout=5)
 
 
-def poll(condition, timeout: float, what: str):
-    """Until ``condition()`` holds (checked every 10 ms); fails after ``timeout`` seconds saying ``what``."""
+def poll(condition, timeout: float, what: str, runner: RunnerProcess | None = None):
+    """Until ``condition()`` holds (checked every 10 ms); fails after ``timeout`` seconds saying ``what``
+    (and what ``runner`` logged)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
+            pytest.fail(f"{what}: not within {timeout} s" + (f"; the runner's log:\n{runner.log()}" if runner else ""))
         time.sleep(0.01)
 
 
@@ -227,6 +228,9 @@ def test_emits_racing_for_the_last_shares_exactly_one_wins(store_on_each_backend
 # ---------------------------------------------------------------- runners and a failing database
 @pytest.mark.postgresql
 def test_two_runners_on_two_hosts_the_second_takes_over_a_killed_ones_basket(pg_store, gateway, tmp_path):
+    """A runner on another host can not tell whether the holder of the lease lives: it waits until the
+    lease expires by the database server's clock, then reconciles what the killed one sent (by orderRef,
+    from another client id) and sends the rest."""
     store = pg_store
     env = runner_env(tmp_path, store)
     first = RunnerProcess(env, gateway.port, "--wait", "--client-id", "91", host="host-a")
@@ -236,10 +240,10 @@ def test_two_runners_on_two_hosts_the_second_takes_over_a_killed_ones_basket(pg_
         second = RunnerProcess(env, gateway.port, "--wait", "--client-id", "92", host="host-b")
         second.wait_for("waiting for the runner of")
         total = basket(store, strategies=2)
-        poll(lambda: len(gateway.broker.orders) >= 8, 30, "the first runner sending")
+        poll(lambda: len(gateway.broker.orders) >= 8, 30, "the first runner sending", first)
         first.kill()  # mid-basket; its lease stays in the queue until it expires by the server's clock
         second.wait_for("runner connected as client 92", timeout=40)
-        poll(lambda: all_final(store), 60, f"every signal final after the takeover:\n{second.log()}")
+        poll(lambda: all_final(store), 60, "every signal final after the takeover", second)
     finally:
         first.kill()
         if second is not None:
@@ -252,6 +256,8 @@ def test_two_runners_on_two_hosts_the_second_takes_over_a_killed_ones_basket(pg_
 @pytest.mark.postgresql
 def test_killing_the_database_connections_mid_basket_loses_and_duplicates_nothing(pg_store, gateway, tmp_path,
                                                                                    postgres):
+    """The runner's connections (its store's and its wake-up listener's) cut at random moments while it works
+    a basket: in a transaction, at a commit, between them, while TWS reports a fill."""
     store, db = pg_store, database_name(pg_store)
     total = basket(store, strategies=6)
     runner = RunnerProcess(runner_env(tmp_path, store), gateway.port, "--once")
@@ -260,6 +266,7 @@ def test_killing_the_database_connections_mid_basket_loses_and_duplicates_nothin
     try:
         while runner.process.poll() is None and len(killed) < 150:
             time.sleep(rng.uniform(0.005, 0.05))  # the random moment of the cut, not a synchronisation
+            # The store's connection (the runner's, and this test's idle one) twice as often as the listener's.
             killed.append(postgres.terminate(db, rng.choice(["qdibkr", "qdibkr", "qdibkr runner wake-ups"])))
         assert runner.finish(timeout=30) == 0, runner.log()
     finally:
@@ -277,7 +284,7 @@ def test_database_down_and_back(postgres_of_its_own, gateway, tmp_path):
     try:
         runner.wait_for("runner connected")
         emit("open_long", "AAPL", 5, strategy="before", store=store)
-        poll(lambda: all_final(store), 30, "the first signal filled")
+        poll(lambda: all_final(store), 30, "the first signal filled", runner)
         session = gateway.sessions[RUNNER_CLIENT_ID]
 
         server.stop()
@@ -290,7 +297,7 @@ def test_database_down_and_back(postgres_of_its_own, gateway, tmp_path):
         server.start()
         emit("open_long", "MSFT", 3, strategy="after", store=store)
         emit("close_long", "AAPL", strategy="before", store=store)
-        poll(lambda: all_final(store), 40, f"the signals emitted after the outage filled:\n{runner.log()}")
+        poll(lambda: all_final(store), 40, "the signals emitted after the outage filled", runner)
         assert gateway.sessions[RUNNER_CLIENT_ID] is session  # one connection to TWS throughout
         assert runner.said("runner connected") == 1, runner.log()
     finally:
