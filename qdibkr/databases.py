@@ -238,7 +238,8 @@ class PostgreSQL(_Database):
         self._conn = self._connect()
 
     # ------------------------------------------------------------ connecting
-    def _connect(self):
+    def _connect(self, transaction: bool = False):
+        """A new connection; ``transaction``: for a transaction about to begin, so the error says it wrote nothing."""
         import psycopg
         from psycopg.rows import dict_row
 
@@ -246,9 +247,10 @@ class PostgreSQL(_Database):
             conn = psycopg.connect(self.location, autocommit=True, row_factory=dict_row,
                                    connect_timeout=CONNECT_TIMEOUT, application_name="qdibkr")
         except psycopg.Error as e:
-            raise QueueUnavailable(f"cannot reach the queue's database {self.shown}: {_first_line(e)}; check "
-                                   f"that PostgreSQL is running there and the URL (QDIBKR_DB, or [queue] db "
-                                   f"in the config file)") from None
+            raise QueueUnavailable(f"cannot reach the queue's database {self.shown}: {_first_line(e)}"
+                                   f"{'; nothing was written' if transaction else ''}; check that PostgreSQL is "
+                                   f"running there and the URL (QDIBKR_DB, or [queue] db in the config file)"
+                                   ) from None
         return _Placeholders(conn)
 
     def _connection(self):
@@ -257,6 +259,8 @@ class PostgreSQL(_Database):
         return self._conn
 
     def _begin(self, begin: tuple[str, ...]):
+        if self._conn is None or self._conn.closed:  # closed after an earlier failure
+            self._conn = self._connect(transaction=True)
         try:
             return super()._begin(begin)
         except Exception as e:
@@ -266,7 +270,7 @@ class PostgreSQL(_Database):
         # this transaction did anything: open it again and begin once more.
         log.warning("the connection to the queue's database %s had dropped; reconnecting", self.shown)
         self._conn.close()
-        self._conn = None
+        self._conn = self._connect(transaction=True)
         try:
             return super()._begin(begin)
         except Exception as e:

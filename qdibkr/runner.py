@@ -73,12 +73,16 @@ OPEN_ORDERS_MAX_AGE = 1.0
 REJECTED_RULES = ("board_lot", "short_sale")
 
 
-def _logged(handler):
-    """An event handler whose failure is logged, never swallowed: a lost update must be seen."""
+def _logged(handler, unrecorded):
+    """An event handler whose failure is logged, never swallowed: a lost update must be seen. An event
+    the queue could not take (its database unreachable, or the connection dropped mid-write) goes to
+    ``unrecorded(error)``, which has it recorded later."""
     @functools.wraps(handler)
     def wrapper(*args):
         try:
             handler(*args)
+        except QueueUnavailable as e:
+            unrecorded(e)
         except Exception:
             log.exception("runner failed to handle %s", handler.__name__)
     return wrapper
@@ -112,8 +116,9 @@ class Runner:
         self._open: dict[str, Signal] = {}
         self._revision = 0
         self._last_heard = time.monotonic()  # when TWS last sent anything; see _heartbeat
-        self.ibkr.order_updated += _logged(self._on_order)
-        self.ibkr.executed += _logged(self._on_execution)
+        self._unrecorded = False  # an event of TWS's could not be written to the queue: reconcile
+        self.ibkr.order_updated += _logged(self._on_order, self._could_not_record)
+        self.ibkr.executed += _logged(self._on_execution, self._could_not_record)
         self.ibkr.disconnected += self.wake.set
         self.ibkr.updated += self._heard  # after each batch of incoming messages
 
@@ -224,6 +229,9 @@ class Runner:
         await self._reconcile_when_the_queue_answers()
         while self.ibkr.is_connected() and not self.stopping:
             self.wake.clear()
+            if self._unrecorded:
+                self._unrecorded = False
+                await self._reconcile_when_the_queue_answers()
             try:
                 await self.work()
                 if once and self.idle():
@@ -389,6 +397,14 @@ class Runner:
         self.ibkr.cancel_all_by_ref(REF_PREFIX)
 
     # ------------------------------------------------------------ TWS events
+    def _could_not_record(self, error: QueueUnavailable):
+        """A status or fill from TWS could not be written to the queue (the connection to its database
+        dropped): TWS sends it only once, so the runner reconciles before its next pass, which asks TWS
+        again and records what it has (fills by exec id: never twice)."""
+        log.warning("%s; what TWS reported is recorded by a reconcile", error)
+        self._unrecorded = True
+        self.wake.set()
+
     def _on_order(self, order: OrderResult):
         if not order.order_ref.startswith(REF_PREFIX):
             return

@@ -1,4 +1,5 @@
-"""Exactly once under failure: a runner killed at random moments, a gateway restarted, two runners."""
+"""Exactly once under failure: a runner killed at random moments, a gateway restarted, two runners; each
+on a SQLite queue and on a PostgreSQL one."""
 
 import asyncio
 import os
@@ -16,6 +17,19 @@ from qdibkr.sim import SimGateway
 from qdibkr.store import Store
 
 from .test_runner import ALWAYS, orders_at_gateway
+
+@pytest.fixture
+def store(store_on_each_backend):
+    """Every test here runs on a SQLite queue and on a PostgreSQL one."""
+    return store_on_each_backend
+
+
+def runner_env(tmp_path, store: Store) -> dict:
+    """The environment of a ``qdibkr runner`` process on ``store``'s queue (a path or a URL), sending at any hour."""
+    config = tmp_path / "config.toml"
+    config.write_text('[risk]\noutside_hours = "send"\n')
+    return {**os.environ, "QDIBKR_CONFIG": str(config), "QDIBKR_DB": store.location}
+
 
 US = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "SPY", "QQQ"]
 
@@ -50,13 +64,9 @@ def assert_exactly_once(store: Store, gateway: SimGateway):
     assert all(p.quantity == 0 for p in store.positions())
 
 
-def test_sigkill_at_random_moments_never_duplicates_or_loses(tmp_path, gateway):
+def test_sigkill_at_random_moments_never_duplicates_or_loses(tmp_path, gateway, store):
     qdibkr = shutil.which("qdibkr") or pytest.fail("the qdibkr console script is not installed")
-    db = tmp_path / "queue.sqlite"
-    store = Store(db)
-    config = tmp_path / "config.toml"
-    config.write_text('[risk]\noutside_hours = "send"\n')
-    env = {**os.environ, "QDIBKR_CONFIG": str(config), "QDIBKR_DB": str(db)}
+    env = runner_env(tmp_path, store)
     command = [qdibkr, "runner", "--port", str(gateway.port)]
     rng = random.Random(20261125)
     kills = 0
@@ -75,11 +85,10 @@ def test_sigkill_at_random_moments_never_duplicates_or_loses(tmp_path, gateway):
     assert_exactly_once(store, gateway)
 
 
-def test_gateway_restart_in_the_middle_of_a_basket(tmp_path):
+def test_gateway_restart_in_the_middle_of_a_basket(tmp_path, store):
     state = tmp_path / "sim-state.json"
     gateway = SimGateway(port=0, state_path=str(state), always_open=True).start_in_thread()
     port = gateway.port
-    store = Store(tmp_path / "queue.sqlite")
     basket(store, strategies=3)
     runner = Runner(store, runner_settings(port=port), ALWAYS)
     thread = threading.Thread(target=asyncio.run, args=(runner.run(once=True),), daemon=True)
@@ -96,14 +105,10 @@ def test_gateway_restart_in_the_middle_of_a_basket(tmp_path):
         gateway.stop()
 
 
-def test_two_runner_processes_cannot_both_send(tmp_path, gateway):
+def test_two_runner_processes_cannot_both_send(tmp_path, gateway, store):
     qdibkr = shutil.which("qdibkr") or pytest.fail("the qdibkr console script is not installed")
-    db = tmp_path / "queue.sqlite"
-    store = Store(db)
     basket(store, strategies=1)
-    config = tmp_path / "config.toml"
-    config.write_text('[risk]\noutside_hours = "send"\n')
-    env = {**os.environ, "QDIBKR_CONFIG": str(config), "QDIBKR_DB": str(db)}
+    env = runner_env(tmp_path, store)
     first = subprocess.Popen([qdibkr, "runner", "--port", str(gateway.port)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
