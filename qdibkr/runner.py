@@ -229,7 +229,7 @@ class Runner:
         await self._reconcile_when_the_queue_answers()
         while self.ibkr.is_connected() and not self.stopping:
             self.wake.clear()
-            if self._unrecorded:
+            if self._unrecorded:  # the queue missed what TWS said (its database was unreachable): ask again
                 self._unrecorded = False
                 await self._reconcile_when_the_queue_answers()
             try:
@@ -238,7 +238,7 @@ class Runner:
                     return True
             except QueueUnavailable as e:
                 log.error("%s; the runner keeps its connection to TWS and waits for the queue", e)
-                await self._reconcile_when_the_queue_answers()
+                self._unrecorded = True
                 continue
             try:
                 await asyncio.wait_for(self.wake.wait(), SAFETY_POLL)
