@@ -1,8 +1,9 @@
 """The queue at scale: what an order and an emit cost with 0 to 100,000 finished signals already stored.
 
 Both backends, a SQLite file and PostgreSQL (a throwaway server of
-tests/pg.py, over a Unix socket), are filled by the same steps, one queue each,
-grown from small to large:
+tests/pg.py, over a Unix socket), get one queue per size, filled first, then
+measured in turns (A B C A B C ...), so that a slower moment of a shared
+machine falls on every size alike and the ratios stay meaningful:
 
 1. the runner: a basket of market orders (strategies x symbols, one order per
    pair, so none waits for another) is emitted, then ``qdibkr runner --once``
@@ -10,19 +11,22 @@ grown from small to large:
    CPU per order is the runner process's CPU time (user + system, from
    /proc/<pid>/stat) between the first order's arrival at the gateway and the
    last one's, over the orders; orders/s is the orders over the same window's
-   wall time. Targets: CPU per order at 100k within 1.3x of the empty queue's;
-   orders/s at 100k >= 44 (ib_insync sends at most 45 messages a second);
+   wall time. The median of ``--rounds`` baskets at each size (each basket
+   adds its orders to its queue's finished signals: the empty queue holds
+   none at the first round, 400 at the second...). Targets: CPU per order at
+   100k within 1.3x of the empty queue's; orders/s at 100k >= 44 (ib_insync
+   sends at most 45 messages a second);
 2. ``reduce_long`` emits, in this process, by a strategy holding a position
    (so a reduce is allowed; a fill recorded with ``Store.record_fill`` made it)
-   on a symbol with many finished signals of its own: the p50 of one
-   ``emit()`` with 1k and with 100k signals stored. Each reduce is cancelled
-   after it is timed, so the signals on the way stay few at every size.
-   Target: 100k over 1k <= 1.5;
+   on a symbol with many finished signals of its own, one emit into the 1k
+   queue, then one into the 100k queue, and so on: the p50 of one ``emit()``
+   at each size. Each reduce is cancelled after it is timed, so the signals on
+   the way stay few at every size. Target: 100k over 1k <= 1.5;
 3. emits from 8 processes at once into the largest queue: signals/s in total
    (all signals over the span from the first start to the last end) and the
    p50 of one emit.
 
-How the queue is filled (``preload``): multi-row INSERTs of finished signals,
+How a queue is filled (``preload``): multi-row INSERTs of finished signals,
 inside one ``Store.transaction()``, shaped as trading leaves them: round trips
 (an open_long and its close_long, both filled, each with its order in the
 ``orders`` journal and its fill in ``fills``) and limit orders cancelled at IB
@@ -34,7 +38,8 @@ counters and ``order_counts`` grow by what was inserted, and the strategies'
 realized P&L is added to ``positions``. The counters are checked against a
 count of the table at the end.
 
-    python bench/queue_bench.py [--sizes 0,10000,100000] [--basket 400] [--backends sqlite,postgresql]
+    python bench/queue_bench.py [--sizes 0,10000,100000] [--basket 400] [--rounds 3]
+                                [--backends sqlite,postgresql]
 
 Prints the tables and writes the figures to bench/results/queue_bench.json.
 """
@@ -185,8 +190,11 @@ def runner_pass(store: Store, basket: int, workdir: Path) -> dict:
     try:
         wait_for_orders(gateway, 1)
         cpu_first = cpu_seconds(runner.pid)
+        serving = server_processes(store)
+        server_first = sum(map(cpu_seconds, serving))
         wait_for_orders(gateway, basket)
         cpu_last = cpu_seconds(runner.pid)
+        server_last = sum(map(cpu_seconds, serving))
         assert runner.wait(timeout=120) == 0, log.read_text()[-2000:]
         arrivals = sorted(o.placed_at for o in gateway.broker.orders.values())
     finally:
@@ -197,29 +205,45 @@ def runner_pass(store: Store, basket: int, workdir: Path) -> dict:
     assert set(refs) <= {s.order_ref for s in store.signals(statuses=("filled",), limit=basket)}, \
         "the basket is not all filled"
     return {"cpu_ms_per_order": 1e3 * (cpu_last - cpu_first) / basket,
+            "server_cpu_ms_per_order": 1e3 * (server_last - server_first) / basket,
             "orders_per_s": basket / (arrivals[-1] - arrivals[0])}
 
 
+def server_processes(store: Store) -> list[int]:
+    """The PostgreSQL server processes serving the other connections to the store's database (the
+    runner's two); none for SQLite, whose work is done in the runner's own process."""
+    if store.db.kind != "postgresql":
+        return []
+    return [row["pid"] for row in store._query("SELECT pid FROM pg_stat_activity WHERE datname = "
+                                               "current_database() AND pid <> pg_backend_pid()")]
+
+
 # ------------------------------------------------------------ 2. reduce_long emits
-def reduce_emits(store: Store, count: int) -> list[float]:
-    """Seconds each of ``count`` reduce_long emits took (after 10 not counted), by a strategy holding shares."""
+def hold_shares(store: Store, strategy: str, symbol: str, shares: int):
+    """Give ``strategy`` a position of at least ``shares`` in ``symbol``: a filled open_long and its fill."""
+    if store.read(lambda db: store.position(db, strategy, symbol)) >= shares:
+        return
+    opened = emit("open_long", symbol, shares, strategy=strategy, store=store)
+    store.update_signal(opened.id, status="submitting", order_quantity=shares)
+    store.update_signal(opened.id, status="filled", filled=shares, avg_price=100.0)
+    store.record_fill(Fill(exec_id=uuid.uuid4().hex, signal_id=opened.id, strategy=strategy, symbol=symbol,
+                           side="BUY", shares=shares, price=100.0, time=time.time(), commission=1.0,
+                           commission_currency="USD"), currency="USD")
+
+
+def reduce_emits(stores: dict[int, Store], count: int) -> dict[int, list[float]]:
+    """Seconds each of ``count`` reduce_long emits took in each queue (after 10 not counted), taking turns."""
     strategy, symbol = STRATEGIES[0], SYMBOLS[0]
-    with store.transaction() as db:
-        held = store.position(db, strategy, symbol)
-    if held < count + 10:
-        opened = emit("open_long", symbol, count + 10, strategy=strategy, store=store)
-        store.update_signal(opened.id, status="submitting", order_quantity=count + 10)
-        store.update_signal(opened.id, status="filled", filled=count + 10, avg_price=100.0)
-        store.record_fill(Fill(exec_id=uuid.uuid4().hex, signal_id=opened.id, strategy=strategy, symbol=symbol,
-                               side="BUY", shares=count + 10, price=100.0, time=time.time(), commission=1.0,
-                               commission_currency="USD"), currency="USD")
-    seconds = []
+    for store in stores.values():
+        hold_shares(store, strategy, symbol, count + 10)
+    seconds = {size: [] for size in stores}
     for _ in range(count + 10):
-        started = time.perf_counter()
-        signal = emit("reduce_long", symbol, 1, strategy=strategy, store=store)
-        seconds.append(time.perf_counter() - started)
-        store.cancel_signal(signal.id)  # so the signals on the way stay as few as a desk's
-    return seconds[10:]
+        for size, store in stores.items():
+            started = time.perf_counter()
+            signal = emit("reduce_long", symbol, 1, strategy=strategy, store=store)
+            seconds[size].append(time.perf_counter() - started)
+            store.cancel_signal(signal.id)  # so the signals on the way stay as few as a desk's
+    return {size: each[10:] for size, each in seconds.items()}
 
 
 # ------------------------------------------------------------ 3. emits from 8 processes
@@ -257,30 +281,45 @@ def concurrent_emits(store: Store, count: int) -> dict:
 
 
 # ------------------------------------------------------------ the whole
-def measure(backend: str, location: str, args, workdir: Path) -> dict:
-    """Every figure of one backend, growing its queue from the smallest size to the largest."""
+def measure(backend: str, locations: dict[int, str], warm_up: str, args, workdir: Path) -> dict:
+    """Every figure of one backend, from its queues (by size: where each is), after a basket not counted
+    in a queue of its own, ``warm_up`` (the first runner of a bench costs more, whatever the size)."""
     rng = random.Random(20261129)
-    store = Store(location)
+    stores = {size: Store(where) for size, where in locations.items()}
     figures = {}
     try:
-        for size in sorted(set(args.sizes) | set(args.emit_sizes)):
+        for size, store in stores.items():
             started = time.perf_counter()
             preload(store, size, rng)
-            loaded = finished(store)
-            print(f"{backend}: {loaded} finished signals (preloaded in {time.perf_counter() - started:.1f} s)",
+            if store.db.kind == "postgresql":
+                # What autovacuum does within a minute of such a load: without statistics the planner
+                # scans for `rev > ?` (changed_since) and filters the status of a strategy's signals.
+                store.db.query("ANALYZE", fetch=False)
+            print(f"{backend}: {finished(store)} finished signals preloaded in {time.perf_counter() - started:.1f} s",
                   flush=True)
-            if size in args.emit_sizes:
-                figures.update({f"{backend}_{size}_reduce_long_{k}": v for k, v in
-                                milliseconds("emit", reduce_emits(store, args.emits)).items()})
-            if size in args.sizes:
-                figures.update({f"{backend}_{size}_runner_{k}": v for k, v in
-                                runner_pass(store, args.basket, workdir).items()})
-        largest = max(args.sizes + args.emit_sizes)
+        emitted = reduce_emits({size: stores[size] for size in args.emit_sizes}, args.emits)
+        for size, seconds in emitted.items():
+            figures.update({f"{backend}_{size}_reduce_long_{k}": v for k, v in milliseconds("emit", seconds).items()})
+        warming = Store(warm_up)
+        runner_pass(warming, args.basket, workdir)
+        warming.close()
+        passes = {size: [] for size in args.sizes}
+        for _ in range(args.rounds):
+            for size in args.sizes:
+                passes[size].append(runner_pass(stores[size], args.basket, workdir))
+                print(f"{backend}: runner with {size} finished signals: {passes[size][-1]}", flush=True)
+        for size, each in passes.items():
+            for figure in ("cpu_ms_per_order", "server_cpu_ms_per_order", "orders_per_s"):
+                figures[f"{backend}_{size}_runner_{figure}"] = statistics.median(p[figure] for p in each)
+                figures[f"{backend}_{size}_runner_{figure}_rounds"] = [p[figure] for p in each]
+        largest = max(stores)
         figures.update({f"{backend}_{largest}_{EMITTERS}_emitters_{k}": v for k, v in
-                        concurrent_emits(store, args.emits_per_process).items()})
-        check_counters(store)
+                        concurrent_emits(stores[largest], args.emits_per_process).items()})
+        for store in stores.values():
+            check_counters(store)
     finally:
-        store.close()
+        for store in stores.values():
+            store.close()
     return figures
 
 
@@ -290,9 +329,10 @@ def ratios(figures: dict, args) -> dict:
     for backend in args.backends:
         empty, large = min(args.sizes), max(args.sizes)
         for size in args.sizes:
-            for figure in ("cpu_ms_per_order", "orders_per_s"):
-                out[f"{backend}_{size}_runner_{figure}_ratio"] = \
-                    figures[f"{backend}_{size}_runner_{figure}"] / figures[f"{backend}_{empty}_runner_{figure}"]
+            for figure in ("cpu_ms_per_order", "server_cpu_ms_per_order", "orders_per_s"):
+                base = figures[f"{backend}_{empty}_runner_{figure}"]
+                if base:  # SQLite has no server
+                    out[f"{backend}_{size}_runner_{figure}_ratio"] = figures[f"{backend}_{size}_runner_{figure}"] / base
         small_emit, large_emit = min(args.emit_sizes), max(args.emit_sizes)
         out[f"{backend}_reduce_long_p50_ratio"] = figures[f"{backend}_{large_emit}_reduce_long_emit_ms_p50"] / \
             figures[f"{backend}_{small_emit}_reduce_long_emit_ms_p50"]
@@ -303,13 +343,17 @@ def ratios(figures: dict, args) -> dict:
 
 
 def print_tables(figures: dict, args):
-    print(f"\nrunner, a basket of {args.basket} market orders")
-    print(f"{'backend':11s} {'finished':>9s} {'CPU ms/order':>13s} {'x empty':>8s} {'orders/s':>9s} {'x empty':>8s}")
+    print(f"\nrunner, a basket of {args.basket} market orders (median of {args.rounds})")
+    print(f"{'backend':11s} {'finished':>9s} {'CPU ms/order':>13s} {'x empty':>8s} {'server ms/order':>16s} "
+          f"{'x empty':>8s} {'orders/s':>9s} {'x empty':>8s}")
     for backend in args.backends:
         for size in args.sizes:
             key = f"{backend}_{size}_runner_"
+            server = (f"{figures[key + 'server_cpu_ms_per_order']:16.2f} "
+                      f"{figures[key + 'server_cpu_ms_per_order_ratio']:8.2f}"
+                      if key + "server_cpu_ms_per_order_ratio" in figures else f"{'-':>16s} {'-':>8s}")
             print(f"{backend:11s} {size:9d} {figures[key + 'cpu_ms_per_order']:13.2f} "
-                  f"{figures[key + 'cpu_ms_per_order_ratio']:8.2f} {figures[key + 'orders_per_s']:9.1f} "
+                  f"{figures[key + 'cpu_ms_per_order_ratio']:8.2f} {server} {figures[key + 'orders_per_s']:9.1f} "
                   f"{figures[key + 'orders_per_s_ratio']:8.2f}")
     print(f"\nreduce_long emit, in process ({args.emits} emits)")
     print(f"{'backend':11s} {'finished':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
@@ -333,17 +377,21 @@ def print_tables(figures: dict, args):
 
 def main(args) -> dict:
     figures = {}
+    sizes = sorted(set(args.sizes) | set(args.emit_sizes))
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qdibkr-queue-bench-")))
         for backend in args.backends:
             if backend == "sqlite":
-                location = str(workdir / "queue.sqlite")
+                locations = {size: str(workdir / f"queue-{size}.sqlite") for size in sizes}
+                warm_up = str(workdir / "warm-up.sqlite")
             else:
                 sys.path.insert(0, str(ROOT))
                 from tests.pg import PostgresServer
 
-                location = stack.enter_context(PostgresServer()).create_database()
-            figures.update(measure(backend, location, args, workdir))
+                server = stack.enter_context(PostgresServer())
+                locations = {size: server.create_database() for size in sizes}
+                warm_up = server.create_database()
+            figures.update(measure(backend, locations, warm_up, args, workdir))
     figures.update(ratios(figures, args))
     return figures
 
@@ -361,6 +409,7 @@ if __name__ == "__main__":
     parser.add_argument("--basket", type=int, default=400, help="market orders the runner sends at each size")
     parser.add_argument("--emits", type=int, default=300, help="reduce_long emits timed at each size")
     parser.add_argument("--emits-per-process", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="baskets at each size (the median is reported)")
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["sqlite", "postgresql"])
     args = parser.parse_args()
     figures = main(args)
