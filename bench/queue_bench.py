@@ -24,8 +24,8 @@ machine falls on every size alike and the ratios stay meaningful:
    (so a reduce is allowed; a fill recorded with ``Store.record_fill`` made it)
    on a symbol with many finished signals of its own, one emit into the 1k
    queue, then one into the 100k queue, and so on: the p50 of one ``emit()``
-   at each size (the median of each round's, the emits of a round on new
-   connections). Each reduce is cancelled after it is timed, so the signals on
+   at each size (the median of ``--emit-rounds`` rounds' p50, each round on
+   new connections). Each reduce is cancelled after it is timed, so the signals on
    the way stay few at every size. Target: 100k over 1k <= 1.5;
 3. emits from 8 processes at once into the largest queue: signals/s in total
    (all signals over the span from the first start to the last end) and the
@@ -313,14 +313,15 @@ def measure(backend: str, locations: dict[int, str], warm_up: str, args, workdir
         runner_pass(warming, args.basket, workdir)
         warming.close()
         emitted = {size: [] for size in args.emit_sizes}
-        passes = {size: [] for size in args.sizes}
-        for _ in range(args.rounds):
+        for _ in range(args.emit_rounds):
             # Each round's emits on connections of their own: on a shared machine, a connection's server
-            # process may sit on the busier core for a whole round.
+            # process may sit on the busier core for a whole round (seen: its p50 x1.7, either size).
             fresh = {size: Store(locations[size]) for size in args.emit_sizes}
             for size, seconds in reduce_emits(fresh, args.emits).items():
                 emitted[size].append(seconds)
                 fresh[size].close()
+        passes = {size: [] for size in args.sizes}
+        for _ in range(args.rounds):
             for size in args.sizes:
                 passes[size].append(runner_pass(stores[size], args.basket, workdir))
                 print(f"{backend}: runner with {size} finished signals: {passes[size][-1]}", flush=True)
@@ -429,7 +430,8 @@ if __name__ == "__main__":
     parser.add_argument("--emit-sizes", type=numbers, default=[1_000, 100_000],
                         help="finished signals in the queue for the reduce_long figures")
     parser.add_argument("--basket", type=int, default=400, help="market orders the runner sends at each size")
-    parser.add_argument("--emits", type=int, default=300, help="reduce_long emits timed at each size")
+    parser.add_argument("--emits", type=int, default=150, help="reduce_long emits timed at each size, a round")
+    parser.add_argument("--emit-rounds", type=int, default=9, help="rounds of reduce_long emits (the median p50)")
     parser.add_argument("--emits-per-process", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="baskets at each size (the median is reported)")
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["sqlite", "postgresql"])
