@@ -25,7 +25,8 @@ machine falls on every size alike and the ratios stay meaningful:
    on a symbol with many finished signals of its own, one emit into the 1k
    queue, then one into the 100k queue, and so on: the p50 of one ``emit()``
    at each size (the median of ``--emit-rounds`` rounds' p50, each round on
-   new connections). Each reduce is cancelled after it is timed, so the signals on
+   new connections; on PostgreSQL with this process and the server on two
+   different processors, see ``apart``). Each reduce is cancelled after it is timed, so the signals on
    the way stay few at every size. Target: 100k over 1k <= 1.5;
 3. emits from 8 processes at once into the largest queue: signals/s in total
    (all signals over the span from the first start to the last end) and the
@@ -64,7 +65,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -243,6 +244,36 @@ def hold_shares(store: Store, strategy: str, symbol: str, shares: int):
                            commission_currency="USD"), currency="USD")
 
 
+@contextmanager
+def apart(server):
+    """This process on one processor and the PostgreSQL ``server``'s processes (those to come inherit
+    it from the postmaster) on another, while the block runs. Left to the scheduler, a connection's
+    server process shares the emitter's processor or not, at random, and an emit's round trips then
+    cost 0.4 or 0.8 ms (a wake-up across processors), which would swamp the difference between sizes;
+    apart, every round trip crosses, as to a server on another host."""
+    if server is None or len(os.sched_getaffinity(0)) < 2:
+        yield
+        return
+    postmaster = int((server.dir / "data" / "postmaster.pid").read_text().split()[0])
+    ours, theirs = os.sched_getaffinity(0), os.sched_getaffinity(postmaster)
+    here, there = sorted(ours)[:2]
+
+    def place(mask):
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        for pid in [postmaster, *map(int, children)]:
+            try:
+                os.sched_setaffinity(pid, mask)
+            except ProcessLookupError:  # ended meanwhile
+                pass
+    os.sched_setaffinity(0, {here})
+    place({there})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, ours)
+        place(theirs)
+
+
 def reduce_emits(stores: dict[int, Store], count: int) -> dict[int, list[float]]:
     """Seconds each of ``count`` reduce_long emits took in each queue (after 10 not counted), taking turns."""
     strategy, symbol = STRATEGIES[0], SYMBOLS[0]
@@ -293,9 +324,10 @@ def concurrent_emits(store: Store, count: int) -> dict:
 
 
 # ------------------------------------------------------------ the whole
-def measure(backend: str, locations: dict[int, str], warm_up: str, args, workdir: Path) -> dict:
-    """Every figure of one backend, from its queues (by size: where each is), after a basket not counted
-    in a queue of its own, ``warm_up`` (the first runner of a bench costs more, whatever the size)."""
+def measure(backend: str, locations: dict[int, str], warm_up: str, server, args, workdir: Path) -> dict:
+    """Every figure of one backend, from its queues (by size: where each is) on ``server`` (PostgreSQL's,
+    else None), after a basket not counted in a queue of its own, ``warm_up`` (the first runner of a
+    bench costs more, whatever the size)."""
     rng = random.Random(20261129)
     stores = {size: Store(where) for size, where in locations.items()}
     figures = {}
@@ -313,13 +345,12 @@ def measure(backend: str, locations: dict[int, str], warm_up: str, args, workdir
         runner_pass(warming, args.basket, workdir)
         warming.close()
         emitted = {size: [] for size in args.emit_sizes}
-        for _ in range(args.emit_rounds):
-            # Each round's emits on connections of their own: on a shared machine, a connection's server
-            # process may sit on the busier core for a whole round (seen: its p50 x1.7, either size).
-            fresh = {size: Store(locations[size]) for size in args.emit_sizes}
-            for size, seconds in reduce_emits(fresh, args.emits).items():
-                emitted[size].append(seconds)
-                fresh[size].close()
+        for _ in range(args.emit_rounds):  # each round on connections of its own
+            with apart(server):
+                fresh = {size: Store(locations[size]) for size in args.emit_sizes}
+                for size, seconds in reduce_emits(fresh, args.emits).items():
+                    emitted[size].append(seconds)
+                    fresh[size].close()
         passes = {size: [] for size in args.sizes}
         for _ in range(args.rounds):
             for size in args.sizes:
@@ -407,6 +438,7 @@ def main(args) -> dict:
             if backend == "sqlite":
                 locations = {size: str(workdir / f"queue-{size}.sqlite") for size in sizes}
                 warm_up = str(workdir / "warm-up.sqlite")
+                server = None
             else:
                 sys.path.insert(0, str(ROOT))
                 from tests.pg import PostgresServer
@@ -414,7 +446,7 @@ def main(args) -> dict:
                 server = stack.enter_context(PostgresServer())
                 locations = {size: server.create_database() for size in sizes}
                 warm_up = server.create_database()
-            figures.update(measure(backend, locations, warm_up, args, workdir))
+            figures.update(measure(backend, locations, warm_up, server, args, workdir))
     figures.update(ratios(figures, args))
     return figures
 
