@@ -47,7 +47,9 @@ autovacuum would within a minute of such a load (without statistics its
 planner scans the table for ``changed_since``: 30 ms at 100k).
 
     python bench/queue_bench.py [--sizes 0,10000,100000] [--basket 400] [--rounds 3]
-                                [--backends sqlite,postgresql]
+                                [--emit-sizes 1000,100000] [--emit-rounds 9] [--backends sqlite,postgresql]
+
+Quicker (about a minute): --sizes 0,10000 --emit-sizes 1000,10000 --basket 200 --rounds 1.
 
 Prints the tables and writes the figures to bench/results/queue_bench.json.
 """
@@ -251,16 +253,16 @@ def apart(server):
     server process shares the emitter's processor or not, at random, and an emit's round trips then
     cost 0.4 or 0.8 ms (a wake-up across processors), which would swamp the difference between sizes;
     apart, every round trip crosses, as to a server on another host."""
-    if server is None or len(os.sched_getaffinity(0)) < 2:
+    postmaster = server and int((server.dir / "data" / "postmaster.pid").read_text().split()[0])
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children")  # a kernel may not list them
+    if server is None or len(os.sched_getaffinity(0)) < 2 or not children.exists():
         yield
         return
-    postmaster = int((server.dir / "data" / "postmaster.pid").read_text().split()[0])
     ours, theirs = os.sched_getaffinity(0), os.sched_getaffinity(postmaster)
     here, there = sorted(ours)[:2]
 
     def place(mask):
-        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
-        for pid in [postmaster, *map(int, children)]:
+        for pid in [postmaster, *map(int, children.read_text().split())]:
             try:
                 os.sched_setaffinity(pid, mask)
             except ProcessLookupError:  # ended meanwhile
