@@ -155,6 +155,10 @@ class SQLite(_Database):
     def columns(self, db, table: str) -> set[str]:
         return {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
 
+    @staticmethod
+    def analyze(db, tables: str):
+        """Nothing: SQLite's planner takes an index over a scan without statistics."""
+
     def data_version(self) -> int:
         """Changes whenever another connection commits (SQLite counts it for us, for free)."""
         return self.query("PRAGMA data_version")[0][0]
@@ -328,6 +332,12 @@ class PostgreSQL(_Database):
         rows = db.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
                           "current_schema() AND table_name = ?", (table,))
         return {row["column_name"] for row in rows}
+
+    @staticmethod
+    def analyze(db, tables: str):
+        """Gather the planner's statistics after a change of many rows (a migration, an archive): without
+        them, until autovacuum comes round, PostgreSQL may scan a whole table where an index serves."""
+        db.execute(f"ANALYZE {tables}")
 
     def data_version(self) -> int:
         """The next transaction id the server will give: it moves whenever anything writes."""

@@ -177,9 +177,10 @@ class Runner:
         """Nothing in flight, and nothing pending that may be sent now: while halted nothing may, and
         a signal queued behind a held one of its strategy and symbol waits for that one (until the
         market opens, say), which a ``--once`` run from cron must not sit out."""
+        self._refresh()
+        signals = self._open.values()
         if self.store.get(HALTED_KEY):
-            return not self.store.signals(statuses=IN_FLIGHT)
-        signals = self.store.signals(statuses=("held", "pending") + IN_FLIGHT)
+            return not any(s.status in IN_FLIGHT for s in signals)
         held = {(s.strategy, s.symbol) for s in signals if s.status == "held"}
         return all(s.status == "held" or (s.status == "pending" and (s.strategy, s.symbol) in held)
                    for s in signals)

@@ -291,6 +291,11 @@ class Lease:
         return f"pid {self.pid} on {self.host}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}"
 
 
+# The columns a row is read into, named once (``dataclasses.fields`` is slow to ask per row).
+_SIGNAL_COLUMNS = tuple(f.name for f in fields(Signal))
+_RUN_COLUMNS = tuple(f.name for f in fields(Run))
+
+
 class LeaseLost(QdibkrError):
     """The runner no longer holds the queue's lease: another runner took it (this one stalled past its expiry)."""
 
@@ -346,6 +351,7 @@ class Store:
                 log.info("queue %s: schema version %d (%s)", self.where, number, what)
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            self.db.analyze(db, "signals, fills, orders")
 
     def _version(self, db) -> int:
         """The schema version recorded in the database (0: a new database, or one from before versions)."""
@@ -377,11 +383,12 @@ class Store:
         db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET n = counters.n + ?",
                    (name, by, by))
 
-    def _next_revision(self, db) -> int:
+    @staticmethod
+    def _next_revision(db) -> int:
         """The number the next change to signals is stamped with: every change, committed or not, has a
         higher one than any committed before it (writers run one at a time)."""
-        self._count(db, "revision", 1)
-        return db.execute("SELECT n FROM counters WHERE name = 'revision'").fetchone()["n"]
+        # fetchall: SQLite finishes a statement with RETURNING only once all its rows are read
+        return db.execute("UPDATE counters SET n = n + 1 WHERE name = 'revision' RETURNING n").fetchall()[0]["n"]
 
     def status_counts(self) -> dict[str, int]:
         """Signals by status, from counters kept with every change (not a count of the table)."""
@@ -391,7 +398,7 @@ class Store:
     # ------------------------------------------------------------ signals
     @staticmethod
     def _signal(row) -> Signal:
-        return Signal(**{f.name: row[f.name] for f in fields(Signal)})
+        return Signal(**{name: row[name] for name in _SIGNAL_COLUMNS})
 
     def by_key(self, db, key: str) -> Signal | None:
         row = db.execute("SELECT * FROM signals WHERE idempotency_key = ?", (key,)).fetchone()
@@ -480,8 +487,8 @@ class Store:
                 self._count(db, f"status.{old}", -1)
                 self._count(db, f"status.{changes['status']}", 1)
         assignments = ", ".join(f"{k} = ?" for k in changes)
-        db.execute(f"UPDATE signals SET {assignments} WHERE id = ?", (*changes.values(), signal_id))
-        signal = self._signal(db.execute("SELECT * FROM signals WHERE id = ?", (signal_id,)).fetchone())
+        signal = self._signal(db.execute(f"UPDATE signals SET {assignments} WHERE id = ? RETURNING *",
+                                         (*changes.values(), signal_id)).fetchall()[0])
         if "status" in changes:
             log.info("signal %s %s %s %s: %s%s", signal.id[:8], signal.strategy, signal.signal_type, signal.symbol,
                      signal.status, f" ({signal.reason})" if signal.reason else "")
@@ -547,6 +554,7 @@ class Store:
             moved = db.execute(f"DELETE FROM signals WHERE {old}", (before,)).rowcount
             for row in by_status:
                 self._count(db, f"status.{row['status']}", -row["n"])
+            self.db.analyze(db, "signals, fills")
         log.info("archived %d finished signals of %s", moved, self.where)
         return moved
 
@@ -746,7 +754,7 @@ class Store:
     # ------------------------------------------------------------ notebook runs
     @staticmethod
     def _run(row) -> Run:
-        return Run(**{f.name: row[f.name] for f in fields(Run)})
+        return Run(**{name: row[name] for name in _RUN_COLUMNS})
 
     def start_run(self, **values) -> Run:
         """Record a run that is starting (or, with ``status="skipped"``, a slot passed over), owned
