@@ -62,6 +62,31 @@ def binaries() -> Path:
     return bindir
 
 
+def _readable_copy(bindir: Path) -> Path:
+    """A copy of the installation holding ``bindir`` in a directory under /tmp that every user may read, made
+    once per installation and reused; returns the copy's bin directory. The copy keeps the layout the binaries
+    look around them for: their bin/, lib/ and share/, and, for the pgserver wheel, the libraries auditwheel
+    put in site-packages/pgserver.libs (initdb's RPATH is ``$ORIGIN/../../../pgserver.libs``)."""
+    install = bindir.parent
+    stamp = f"{install}:{(bindir / 'postgres').stat().st_mtime_ns}"
+    copy = Path(tempfile.gettempdir()) / f"qdpg-install-{uuid.uuid5(uuid.NAMESPACE_URL, stamp).hex[:12]}"
+    inside = Path(install.parent.name) / install.name  # pgserver/pginstall
+    if not (copy / inside / "bin" / "postgres").is_file():
+        partial = Path(tempfile.mkdtemp(prefix="qdpg-copy-"))
+        for part in ("bin", "lib", "share"):
+            if (install / part).is_dir():
+                shutil.copytree(install / part, partial / inside / part, symlinks=True)
+        wheel_libs = install.parent.parent / f"{install.parent.name}.libs"
+        if wheel_libs.is_dir():
+            shutil.copytree(wheel_libs, partial / wheel_libs.name, symlinks=True)
+        partial.chmod(0o755)
+        try:
+            partial.rename(copy)  # at once: a concurrent test session finds a whole copy or none
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)  # another session's copy came first
+    return copy / inside / "bin"
+
+
 def _identity() -> dict:
     """subprocess.run arguments that run the server as ``nobody`` when we are root, else as ourselves."""
     if os.geteuid() != 0:
@@ -152,10 +177,19 @@ class PostgresServer:
             os.chown(self.dir, self._identity["user"], self._identity["group"])
         try:
             self._run("postgres", "--version")
-        except PermissionError as e:
-            raise PostgresUnavailable(
-                f"{self._bindir} cannot be run by user {SERVER_USER!r} ({e}): make it and its parent directories"
-                f" readable and searchable by others (chmod o+rX), or set {BIN_ENV} to binaries that are") from None
+        except PermissionError:
+            # The checkout lies where the server's user may not look (root's home, a 0700 CI folder): run a copy
+            # of the installation (binaries find their lib/ and share/ beside them) from a directory it may read.
+            self._bindir = _readable_copy(self._bindir)
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _remove, self._bindir, self.dir, self._identity)
+            try:
+                self._run("postgres", "--version")
+            except PermissionError as e:
+                raise PostgresUnavailable(
+                    f"{self._bindir} cannot be run by user {SERVER_USER!r} ({e}): make it and its parent"
+                    f" directories readable and searchable by others (chmod o+rX), or set {BIN_ENV} to binaries"
+                    f" that are") from None
         self._run("initdb", "-D", self.dir / "data", "-U", "postgres", "--auth=trust", "-E", "utf8",
                   "--no-locale", "--no-sync")
         settings = dict(SETTINGS, unix_socket_directories=str(self.dir))
