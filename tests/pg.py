@@ -68,7 +68,8 @@ def _readable_copy(bindir: Path) -> Path:
     look around them for: their bin/, lib/ and share/, and, for the pgserver wheel, the libraries auditwheel
     put in site-packages/pgserver.libs (initdb's RPATH is ``$ORIGIN/../../../pgserver.libs``)."""
     install = bindir.parent
-    stamp = f"{install}:{(bindir / 'postgres').stat().st_mtime_ns}"
+    postgres = (bindir / "postgres").stat()  # copies keep it: one copy serves the same build wherever it lies
+    stamp = f"{postgres.st_size}:{postgres.st_mtime_ns}"
     copy = Path(tempfile.gettempdir()) / f"qdpg-install-{uuid.uuid5(uuid.NAMESPACE_URL, stamp).hex[:12]}"
     inside = Path(install.parent.name) / install.name  # pgserver/pginstall
     if not (copy / inside / "bin" / "postgres").is_file():
