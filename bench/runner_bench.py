@@ -9,6 +9,9 @@ process, so the moment each order reaches it can be read exactly):
   first emit to the last order's arrival, and the pacing errors (code 100) the
   gateway had to send.
 
+The runner is measured on a SQLite queue (woken by a datagram) and on a
+PostgreSQL one (woken by NOTIFY, on a throwaway server from tests/pg.py).
+
 The baseline is the worker many projects ship: every second it reads the
 pending signals and places each order, waiting for its fill, one after another.
 Targets for the runner: latency p50 < 5 ms, p99 < 25 ms; basket >= 40 orders/s,
@@ -33,6 +36,9 @@ from qdibkr import emit
 from qdibkr.sim import SimGateway
 from qdibkr.store import Store
 from stats import milliseconds  # bench/stats.py
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pg import PostgresServer  # noqa: E402  (a throwaway PostgreSQL server, as the tests use)
 
 RESULTS = Path(__file__).parent / "results" / "runner_bench.json"
 SYMBOLS = ["AAPL", "MSFT", "TSLA", "GOOGL", "AMZN", "NVDA", "META", "JPM", "SPY", "QQQ", "IWM", "BRK B"]
@@ -63,10 +69,11 @@ def wait_for_orders(gateway: SimGateway, count: int, timeout: float = 120.0):
         time.sleep(0.001)
 
 
-def measure(name: str, command: list[str], signals: int, basket: int) -> dict:
+def measure(name: str, command: list[str], signals: int, basket: int, db: str | None = None) -> dict:
+    """Latency and basket throughput of a worker on a queue: a SQLite file unless ``db`` names another."""
     gateway = SimGateway(port=0, always_open=True).start_in_thread()
     workdir = tempfile.mkdtemp(prefix=f"qdibkr-bench-{name}-")
-    db = os.path.join(workdir, "queue.sqlite")
+    db = db or os.path.join(workdir, "queue.sqlite")
     config = os.path.join(workdir, "config.toml")
     Path(config).write_text('[risk]\noutside_hours = "send"\n')
     env = {**os.environ, "QDIBKR_CONFIG": config, "QDIBKR_DB": db}
@@ -104,6 +111,9 @@ def measure(name: str, command: list[str], signals: int, basket: int) -> dict:
 def main(args) -> dict:
     qdibkr = shutil.which("qdibkr") or sys.exit("install qdibkr first: pip install -e .")
     figures = measure("runner", [qdibkr, "runner"], args.signals, args.basket)
+    with PostgresServer() as postgres:  # the same runner on a PostgreSQL queue, woken by NOTIFY
+        figures.update(measure("runner_postgresql", [qdibkr, "runner"], args.signals, args.basket,
+                               db=postgres.create_database()))
     figures.update(measure("polling", [sys.executable, __file__, "--polling-worker"], args.signals // 5,
                            args.basket // 5))
     figures["latency_p50_polling_over_runner"] = figures["polling_latency_ms_p50"] / figures["runner_latency_ms_p50"]
