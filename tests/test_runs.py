@@ -74,7 +74,9 @@ def test_a_failed_run_releases_no_signals(store, emitter, tmp_path):
     assert outputs(run.output_path, "error")[0]["evalue"] == "half way"  # kept, showing where it stopped
 
 
-def test_a_slot_run_again_emits_nothing_twice(store, emitter, tmp_path):
+def test_a_slot_run_again_emits_nothing_twice(store_on_each_backend, emitter, tmp_path):
+    """On a SQLite queue and on a PostgreSQL one (the notebook's kernel is told where by QDIBKR_DB)."""
+    store = store_on_each_backend
     slot = dt.datetime(2026, 11, 25, 15, 50, tzinfo=dt.timezone.utc)
     failed = run_notebook(emitter, {"fail": True}, job="sma", slot=slot, store=store, output_dir=tmp_path / "runs")
     first = run_notebook(emitter, {}, job="sma", slot=slot, store=store, output_dir=tmp_path / "runs")
@@ -89,7 +91,9 @@ def test_a_slot_run_again_emits_nothing_twice(store, emitter, tmp_path):
     assert later.signals == 2
 
 
-def test_qdibkr_run(store, emitter, tmp_path, capsys):
+def test_qdibkr_run(store_on_each_backend, emitter, tmp_path, capsys):
+    """On a SQLite queue and on a PostgreSQL one (the notebook's kernel is told where by QDIBKR_DB)."""
+    store = store_on_each_backend
     args = ["run", str(emitter), "--db", str(store.location), "--runs", str(tmp_path / "runs"), "-p", "strategy", "cli",
             "-p", "orders", '[["IWM", 4]]']
     assert main(args) == 0
