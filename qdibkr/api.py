@@ -15,7 +15,8 @@ The status says which failure: 400 bad input (``field`` names it), 401 missing
 or wrong token, 403 live trading not enabled on this server or a web page of
 another origin asking, 404 no such open order, 409 not connected or halted,
 413 body over 64 KiB, 415 a POST or DELETE not sent as application/json,
-502 TWS refused or could not be reached. A 500 is a bug in qdibkr.
+502 TWS refused or could not be reached, 503 the queue's database could not be
+reached (a PostgreSQL queue's server down). A 500 is a bug in qdibkr.
 
 Security. The server listens on loopback unless an API token is configured
 (``QDIBKR_API_TOKEN``, or ``token`` in the config file's ``[api]`` section);
@@ -60,6 +61,7 @@ from starlette.routing import Route
 from . import apispec
 from .apispec import JSON_METHODS, camel, read
 from .config import Settings, config_file
+from .databases import QueueUnavailable
 from .errors import (ContractError, InputError, LiveTradingRefused, NotConnectedError, QdibkrError, TWSError,
                      UnknownOrder)
 from .gate import Refused
@@ -170,6 +172,8 @@ def failure(exc: Exception) -> tuple[int, str, str | None, int | None]:
         return 409, "not connected to TWS/IB Gateway; POST /api/ibkr/connect first", None, None
     if isinstance(exc, TWSError):
         return 502, str(exc), None, exc.code
+    if isinstance(exc, QueueUnavailable):
+        return 503, str(exc), None, None
     if isinstance(exc, OSError):  # ConnectError, and ib_insync's connection lost or timed out mid-request
         return (502, str(exc) or f"TWS/IB Gateway did not answer ({type(exc).__name__})", None,
                 getattr(exc, "code", None))

@@ -215,6 +215,7 @@ class Operation:
 
 JSON_METHODS = ("POST", "DELETE")  # their requests must say Content-Type: application/json, even without a body
 TWS = (409, 502)
+QUEUE_DOWN = 503  # the queue's database could not be reached
 OPERATIONS = (
     Operation("status", "GET", "/api/ibkr/status", "Connection status", dataclass_record(Status), errors=(502,)),
     Operation("connect", "POST", "/api/ibkr/connect", "Connect to TWS / IB Gateway (the server's settings fill "
@@ -226,15 +227,16 @@ OPERATIONS = (
     Operation("orders", "GET", "/api/ibkr/orders", "Open orders of every client",
               {"type": "array", "items": OPEN_ORDER}, errors=TWS),
     Operation("place_order", "POST", "/api/ibkr/order", "Place a market or limit order; answers once TWS has "
-              "(409 while the kill switch is on)", dataclass_record(OrderResult), body=ORDER_FIELDS, errors=TWS),
+              "(409 while the kill switch is on)", dataclass_record(OrderResult), body=ORDER_FIELDS,
+              errors=(*TWS, QUEUE_DOWN)),
     Operation("cancel_order", "DELETE", "/api/ibkr/order/{id}", "Cancel an open order this server placed",
               dataclass_record(OrderResult), body=(), errors=(404, *TWS)),
     Operation("quote", "GET", "/api/ibkr/quote", "Bid, ask, last, close and volume (delayed when not subscribed)",
               dataclass_record(Quote), query=QUOTE_QUERY, errors=TWS),
     Operation("signal", "POST", "/api/ibkr/signal", "Queue a trading signal for the runner (the same key "
-              "queues one signal)", SIGNAL, body=SIGNAL_FIELDS, errors=TWS),
+              "queues one signal)", SIGNAL, body=SIGNAL_FIELDS, errors=(*TWS, QUEUE_DOWN)),
     Operation("queue", "GET", "/api/ibkr/queue", "The latest signals and their orders' progress", QUEUE,
-              query=QUEUE_QUERY),
+              query=QUEUE_QUERY, errors=(QUEUE_DOWN,)),
 )
 
 ERROR_SCHEMA = {
@@ -247,7 +249,7 @@ ERROR_SCHEMA = {
 REASONS = {400: "Bad input; `field` names it", 401: "No or wrong API token", 403: "Sent by a web page of another "
            "origin (`field`: Origin)", 404: "No such open order", 409: "Not connected, or trading is halted",
            413: "Body too large", 415: "Content-Type is not application/json", 502: "TWS refused or could not be "
-           "reached"}
+           "reached", 503: "The queue's database could not be reached"}
 LIVE_REFUSED = "Live trading is not enabled on this server, or sent by a web page of another origin (`field`: Origin)"
 
 

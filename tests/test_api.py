@@ -713,3 +713,20 @@ def test_fuzz_from_the_openapi_document(connected, gateway):
             assert order_count(gateway) == before, f"{case.method} {case.path} placed an order: {response.text}"
 
     fuzz()
+
+
+def test_a_queue_whose_database_is_down_answers_503_and_recovers(tmp_path, postgres_of_its_own):
+    """A PostgreSQL queue whose server is down: the queue's endpoints say so (503, naming the database and
+    that nothing was written), and work again once it is back, without restarting the API."""
+    url = postgres_of_its_own.create_database()
+    signal = {"signalType": "open_long", "symbol": "AAPL", "quantity": 1, "strategy": "api"}
+    with serving(tmp_path, "serve", "--port", "0", env=server_env(tmp_path, QDIBKR_DB=url)) as base, \
+            httpx.Client(base_url=base, timeout=30) as client:
+        first = ok(client.post("/api/ibkr/signal", json=signal))
+        postgres_of_its_own.stop()
+        body = refused(client.post("/api/ibkr/signal", json={**signal, "symbol": "MSFT"}), 503)
+        assert "queue's database postgresql://postgres@/" in body["error"] and "nothing was written" in body["error"]
+        refused(client.get("/api/ibkr/queue"), 503)
+        postgres_of_its_own.start()
+        assert [s["id"] for s in ok(client.get("/api/ibkr/queue"))["signals"]] == [first["id"]]
+        ok(client.post("/api/ibkr/signal", json={**signal, "symbol": "MSFT"}))
