@@ -456,7 +456,7 @@ class Broker:
             raise Rejection(10148, f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: {order.status}.")
         followers = self._oca_members(order) + (self._children(order) if not order.filled else [])
         events = []
-        for cancelled in dict.fromkeys([order, *followers]):
+        for cancelled in {id(o): o for o in [order, *followers]}.values():
             cancelled.transmitted = True  # an untransmitted one is reported cancelled too: it was asked about
             self._finish(cancelled, "Cancelled", "Cancelled by Trader")
             events.append(OrderChanged(replace(cancelled)))

@@ -137,7 +137,7 @@ def market_rule(rule_id: int) -> list:
 # ------------------------------------------------------------------ orders
 def order_status(order: Order) -> list:
     return [ORDER_STATUS, order.order_id, order.status, number(order.filled), number(order.remaining),
-            order.avg_fill_price, order.perm_id, 0, order.last_fill_price, order.client_id, "", 0.0]
+            order.avg_fill_price, order.perm_id, order.parent_id, order.last_fill_price, order.client_id, "", 0.0]
 
 
 # An order as TWS reports it (openOrder, completedOrder): field values from TWS's own messages,
