@@ -373,3 +373,31 @@ def test_a_reconnecting_client_and_a_restarted_gateway_see_the_whole_bracket(mar
 
     _, again, _ = market(FALLING, state_path=state)
     assert bracket_as_reported(again.openTrades()) == expected
+
+
+def test_a_gtd_order_is_cancelled_at_its_date(market):
+    gateway, ib, contract = market(FALLING)
+    seen = reports(ib)
+    price = round_to_tick(LISTING, mid(gateway, gateway.clock.now()))
+    order = LimitOrder("BUY", 100, price - 10, tif="GTD", goodTillDate="20261124 12:00:00 US/Eastern")
+    trade = ib.placeOrder(contract, order)
+    wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
+    assert seen[order.orderId][0].goodTillDate == "20261124 12:00:00 US/Eastern"
+    gateway.advance(3600)
+    settle(ib)
+    assert trade.orderStatus.status == "Submitted"  # 16:00 UTC: an hour before its date
+    gateway.advance(3600)
+    wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
+    assert gateway.broker.orders[(1, order.orderId)].completed_at == parse_instant("2026-11-24T17:00:00Z")
+
+
+def test_an_order_type_the_listing_lacks_gets_387_and_no_order(market):
+    gateway, ib, _ = market(FALLING)
+    refused = errors(ib)
+    tencent = Stock("700", "SEHK", "HKD")
+    ib.qualifyContracts(tencent)
+    order = Order(action="BUY", totalQuantity=100, orderType="MOC")  # Hong Kong's closing auction takes no MOC
+    ib.placeOrder(tencent, order)
+    settle(ib)
+    assert refused == [(order.orderId, 387, "Unsupported order type for this exchange and security type.")]
+    assert (1, order.orderId) not in gateway.broker.orders

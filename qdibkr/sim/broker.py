@@ -55,8 +55,8 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
   and 3 reduce them by the shares filled (cancelled when nothing is left); cancelling one member
   cancels the group. The cancelled ones get orderStatus Cancelled and error 202, as a cancel does.
 - Attached orders (parentId): an order with transmit=False is kept but not transmitted, and
-  nothing is reported of it, until an order of its family arrives with transmit=True; then all
-  go out. A child waits, PreSubmitted, until its parent fills, then works for the shares the
+  nothing is reported of it (ib_insync issues 346, 416), until an order of its family arrives
+  with transmit=True; then all go out. A child waits, PreSubmitted, until its parent fills, then works for the shares the
   parent has filled; the children of a parent share an OCA group (named by the parent's permId,
   as TWS renames it: ib_insync issue 606) that reduces the others as one fills. Cancelling a
   parent that has not filled cancels its children.
@@ -82,7 +82,11 @@ PRICE_BAND = 0.10
 USD_PER_HKD = 1 / 7.8
 STOP_TYPES = ("STP", "STP LMT", "TRAIL", "TRAIL LIMIT")
 ON_CLOSE_TYPES = ("MOC", "LOC")
-ORDER_TYPES = ("MKT", "LMT", *STOP_TYPES, *ON_CLOSE_TYPES)
+# The order types served, each with its name in a contract's orderTypes list (contract details), which
+# names what the listing takes
+CONTRACT_ORDER_TYPES = {"MKT": "MKT", "LMT": "LMT", "STP": "STP", "STP LMT": "STPLMT", "TRAIL": "TRAIL",
+                        "TRAIL LIMIT": "TRAILLMT", "MOC": "MOC", "LOC": "LOC"}
+ORDER_TYPES = tuple(CONTRACT_ORDER_TYPES)
 LIMITED_TYPES = ("LMT", "STP LMT", "LOC")  # types whose lmtPrice the client sets
 TIME_IN_FORCE = ("DAY", "GTC", "GTD")
 # Seconds the Adaptive algo takes before it works as its base order, by adaptivePriority: the
@@ -274,6 +278,7 @@ def reject(reason: str) -> Rejection:
 # Refusals that TWS words itself, with no order left behind: codes and texts as in
 # https://interactivebrokers.github.io/tws-api/message_codes.html
 OFF_TICK = (110, "The price does not conform to the minimum price variation for this contract.")
+UNSUPPORTED_TYPE = (387, "Unsupported order type for this exchange and security type.")
 # An order its OCA group cancelled is reported as a cancel is (orderStatus Cancelled, error 202).
 OCA_CANCELLED = (202, "Order Canceled - reason:")
 E_TRADE_ONLY = (10268, "The 'EtradeOnly' order attribute is not supported.")
@@ -372,9 +377,12 @@ class Broker:
         else:
             order = self._new_order(client_id, order_id, listing, request, account, quantity, now)
         self.dirty = True
-        if not request.transmit:
+        if not request.transmit and not (existing and existing.transmitted):
+            # Kept by TWS and reported to no one: ib_insync's trade stays PendingSubmit, and a client
+            # that reconnects is not told of it (ib_insync issues 346 and 416). A transmitted order
+            # modified with transmit=False is simply modified.
             order.transmitted = False
-            return [OrderChanged(replace(order))]  # recorded; the server reports nothing of it
+            return [OrderChanged(replace(order))]
         events = []
         for member in self._untransmitted_family(order):
             member.transmitted = True
@@ -599,13 +607,15 @@ class Broker:
         if request.order_type not in ORDER_TYPES:
             raise reject(f"order type {request.order_type!r} is not supported by the simulated gateway "
                          f"(use one of {', '.join(ORDER_TYPES)})")
+        if CONTRACT_ORDER_TYPES[request.order_type] not in listing.order_types.split(","):
+            raise Rejection(*UNSUPPORTED_TYPE)  # not taken in: the listing's orderTypes lack it
         if request.tif not in TIME_IN_FORCE:
             raise reject(f"time in force {request.tif!r} is not supported by the simulated gateway (use DAY, GTC or GTD)")
         if request.tif == "GTD" and (request.good_till is None or request.good_till <= now):
             raise reject(f"a GTD order needs a goodTillDate in the future, not {request.good_till_date!r}")
         if request.order_type in ON_CLOSE_TYPES and request.tif != "DAY":
             raise reject(f"a {request.order_type} order is good for the day only (tif DAY)")
-        self._validate_algo(request)
+        self._validate_algo(listing, request)
         parent = self._validate_parent(client_id, request, existing)
         quantity = request.quantity
         if quantity <= 0 or quantity != int(quantity):
@@ -660,9 +670,11 @@ class Broker:
         return total + sum(groups.values())
 
     @staticmethod
-    def _validate_algo(request: OrderRequest):
+    def _validate_algo(listing: Listing, request: OrderRequest):
         if not request.algo_strategy:
             return
+        if "ALGO" not in listing.order_types.split(","):
+            raise reject(f"IB offers no algos for {listing.symbol} on {listing.primary_exchange}")
         if request.algo_strategy != "Adaptive":
             raise reject(f"algo strategy {request.algo_strategy!r} is not supported by the simulated gateway (use Adaptive)")
         if request.order_type not in ("MKT", "LMT"):
