@@ -325,13 +325,25 @@ def test_cancelling_a_bracket_parent_cancels_its_children(market):
 
 def test_a_partly_filled_parent_sets_its_children_to_the_shares_filled(market):
     gateway, ib, contract = market(FALLING)
+    sizes = []
+    original = ib.wrapper.openOrder
+
+    def tap(order_id, contract, order, state):
+        sizes.append((order_id, order.totalQuantity, state.status))
+        original(order_id, contract, order, state)
+
+    ib.wrapper.openOrder = tap
     quote = gateway.broker.model.quote(LISTING, gateway.clock.now())
-    size = quote.ask_size + 1000  # more than the best ask shows: a limit at the ask fills its size only
+    size = quote.ask_size + 1000  # more than the best ask shows: a limit at the ask fills that much per pass
     parent, profit, loss = place_bracket(ib, contract, quote.ask, quote.ask + 5, quote.ask - 5, quantity=size)
-    wait_until(ib, lambda: parent.orderStatus.filled == quote.ask_size)
-    wait_until(ib, lambda: profit.order.totalQuantity == loss.order.totalQuantity == quote.ask_size)
-    assert parent.orderStatus.status == "Submitted"
-    assert profit.orderStatus.status == "Submitted"
+    wait_until(ib, lambda: parent.orderStatus.status == "Filled" and profit.order.totalQuantity == size)
+    first = parent.fills[0].execution.shares
+    assert first == quote.ask_size
+    for child in (profit, loss):
+        seen = [(quantity, status) for order_id, quantity, status in sizes if order_id == child.order.orderId]
+        assert seen[0] == (first, "PreSubmitted")  # the parent filled that much as the bracket went out
+        assert seen[-1][0] == size  # and the rest on the next pass
+    assert profit.orderStatus.status == "Submitted" and loss.orderStatus.status == "PreSubmitted"
 
 
 def test_one_cancels_all_cancels_the_others_when_one_fills(market):
