@@ -413,3 +413,30 @@ def test_an_order_type_the_listing_lacks_gets_387_and_no_order(market):
     settle(ib)
     assert refused == [(order.orderId, 387, "Unsupported order type for this exchange and security type.")]
     assert (1, order.orderId) not in gateway.broker.orders
+
+
+def test_ib_async_reads_the_new_fields_back_after_reconnecting(ib_async_client, gateway):
+    """ib_async (the maintained fork) decodes the same openOrder: a bracket with a trailing stop and an
+    Adaptive entry comes back whole to a fresh client."""
+    ib_async, ib = ib_async_client
+    contract = ib_async.Stock("AAPL", "SMART", "USD")
+    ib.qualifyContracts(contract)
+    price = round_to_tick(LISTING, gateway.broker.mark_price(LISTING))
+    parent, profit, loss = ib.bracketOrder("BUY", 100, price - 10, price + 5, price - 20)
+    parent.algoStrategy, parent.algoParams = "Adaptive", [ib_async.TagValue("adaptivePriority", "Patient")]
+    loss.orderType, loss.auxPrice, loss.trailingPercent = "TRAIL", ib_async.util.UNSET_DOUBLE, 2.0
+    trades = [ib.placeOrder(contract, o) for o in (parent, profit, loss)]
+    while any(t.orderStatus.status == "PendingSubmit" for t in trades):
+        assert ib.waitOnUpdate(timeout=5), "the bracket was not reported"
+    ib.disconnect()
+    fresh = ib_async.IB()  # a new process, knowing nothing of the orders but what TWS tells it
+    fresh.connect("127.0.0.1", gateway.port, clientId=11, timeout=5)
+    try:
+        reported = {t.order.orderId: t.order for t in fresh.openTrades()}
+    finally:
+        fresh.disconnect()
+    assert sorted(reported) == [t.order.orderId for t in trades]
+    assert reported[parent.orderId].algoParams == [ib_async.TagValue("adaptivePriority", "Patient")]
+    assert reported[loss.orderId].parentId == parent.orderId
+    assert reported[loss.orderId].trailingPercent == 2.0
+    assert reported[loss.orderId].ocaGroup == reported[profit.orderId].ocaGroup != ""

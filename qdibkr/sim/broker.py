@@ -423,20 +423,20 @@ class Broker:
         order.active_from = now + ADAPTIVE_DELAYS.get(priority, ADAPTIVE_DELAYS["Normal"]) if request.algo_strategy else 0.0
         order.oca_group, order.oca_type = request.oca_group, request.oca_type
         parent = self.orders.get((order.client_id, order.parent_id)) if order.parent_id else None
-        if parent is not None and not order.oca_group:
-            order.oca_group, order.oca_type = str(parent.perm_id), order.oca_type or BRACKET_OCA_TYPE
-            order.quantity = min(quantity, parent.filled) if parent.filled else quantity
+        if parent is not None:
+            if not order.oca_group:
+                order.oca_group, order.oca_type = str(parent.perm_id), order.oca_type or BRACKET_OCA_TYPE
+            if parent.filled:
+                order.quantity = min(quantity, parent.filled)
         order.expires_at = self._expiry(listing, order, request.good_till, now)
         order.crossed_at = now
 
     def _untransmitted_family(self, order: Order) -> list[Order]:
         """The orders a transmit=True order sends out: itself, and its parent and the parent's
         children still waiting to be transmitted, in the order they were placed."""
-        root = self.orders.get((order.client_id, order.parent_id)) if order.parent_id else order
-        family = [o for o in self.orders.values() if o.client_id == order.client_id and o.is_open
-                  and (o is root or (root is not None and o.parent_id == root.order_id))
-                  and (not o.transmitted or o is order)]
-        return family if order in family else [*family, order]
+        root = self.orders[(order.client_id, order.parent_id)] if order.parent_id else order
+        return [o for o in self.orders.values() if o.client_id == order.client_id and o.is_open
+                and (o is root or o.parent_id == root.order_id) and (not o.transmitted or o is order)]
 
     def _begin(self, order: Order, now: float) -> list:
         """A transmitted order as TWS first reports it, then held until its session opens (with
@@ -515,9 +515,10 @@ class Broker:
             if not order.triggered:
                 return events
             placing = True
-        if now < order.active_from or order.order_type in ON_CLOSE_TYPES:
-            return events + (self._submit(order) if order.order_type in ON_CLOSE_TYPES
-                             and order.status == "PreSubmitted" else [])
+        if order.order_type in ON_CLOSE_TYPES:  # at the exchange for its closing auction, which match() runs
+            return events + (self._submit(order) if order.status == "PreSubmitted" else [])
+        if now < order.active_from:  # the Adaptive algo's delay
+            return events
         if order.status == "PreSubmitted" and not placing:  # its session opened: placed at the exchange now
             return events + self._submit(order) + self._match_order(order, now, placing=True)
         events += self._match_order(order, now, placing)
@@ -547,7 +548,7 @@ class Broker:
 
     def _trail_start(self, order: Order, listing: Listing, now: float) -> float:
         """A trailing stop's first stop: its distance from the last price."""
-        return self._trail_from(order, listing, self.model.mid(listing, now))
+        return self._trail_from(order, listing, self.model.mid(listing, self.sessions.market_time(listing, now)))
 
     def _trail_from(self, order: Order, listing: Listing, price: float) -> float:
         distance = order.aux_price if order.aux_price else price * (order.trailing_percent or 0) / 100
@@ -630,7 +631,7 @@ class Broker:
         self._validate_prices(listing, request, quote)
         group = request.oca_group or (str(parent.perm_id) if parent else "")
         others = [o for o in self.orders.values() if o.is_open and o is not existing and o.account == account
-                  and not (group and o.oca_group == group) and o is not parent]
+                  and not (group and o.oca_group == group)]
         new_open = quantity - (existing.filled if existing else 0)
         if request.action == "SELL":
             held = self.position(account, listing.con_id).quantity
