@@ -124,6 +124,8 @@ def test_a_sell_stop_is_presubmitted_until_the_last_price_reaches_it_then_sells_
     (fill,) = trade.fills
     assert fill.execution.price == gateway.broker.model.quote(LISTING, elected).bid
     assert [s.status for s in trade.log][-2:] == ["PreSubmitted", "Filled"]
+    (done,) = [t for t in ib.reqCompletedOrders(apiOnly=True) if t.order.permId == trade.order.permId]
+    assert (done.order.orderType, done.order.auxPrice, done.orderStatus.status) == ("STP", stop, "Filled")
 
 
 def test_a_stop_gapped_through_fills_at_the_first_price_not_at_the_stop(market):

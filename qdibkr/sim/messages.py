@@ -155,13 +155,12 @@ def _order_contract(listing: Listing) -> list:
 def _order_prices(order: Order) -> list:
     """lmtPrice and auxPrice (a stop price, or a trailing amount): 0.0 where unused (a market
     order's limit), not the unset double."""
-    return [order.limit_price if order.limit_price is not None else 0.0,
-            order.aux_price if order.aux_price is not None else 0.0]
+    return [_or(order.limit_price, 0.0), _or(order.aux_price, 0.0)]
 
 
-def _optional(x: float | None):
-    """A price the order may not have: empty when it has none, as TWS leaves trailStopPrice."""
-    return "" if x is None else x
+def _or(x: float | None, absent):
+    """A price the order may not have, else what TWS writes in its place (0.0, "" or the unset double)."""
+    return absent if x is None else x
 
 
 def _algo(order: Order) -> list:
@@ -182,12 +181,8 @@ def _delta_neutral() -> list:
 def _adjusted(order: Order) -> list:
     """adjustedOrderType .. adjustableTrailingUnit: no adjustment; trailStopPrice and lmtPriceOffset
     sit among them (ib_insync reads trailStopPrice here last)."""
-    return ["None", UNSET_DOUBLE, _unset(order.trail_stop_price), _unset(order.lmt_price_offset),
+    return ["None", UNSET_DOUBLE, _or(order.trail_stop_price, UNSET_DOUBLE), _or(order.lmt_price_offset, UNSET_DOUBLE),
             *[UNSET_DOUBLE] * 3, 0]
-
-
-def _unset(x: float | None) -> float:
-    return UNSET_DOUBLE if x is None else x
 
 
 def open_order(version: int, order: Order, with_commission: bool = False) -> list:
@@ -212,7 +207,7 @@ def open_order(version: int, order: Order, with_commission: bool = False) -> lis
               order.parent_id, 0,  # parentId, triggerMethod (0: the default, last for stocks)
               "", 0, *_delta_neutral(),  # volatility, volatilityType, delta-neutral order
               False, 0,  # continuousUpdate, referencePriceType
-              _optional(order.trail_stop_price), _optional(order.trailing_percent),
+              _or(order.trail_stop_price, ""), _or(order.trailing_percent, ""),
               "", "", "",  # basisPoints, basisPointsType, comboLegsDescrip
               0, 0, 0,  # combo legs, order combo legs, smart combo routing params
               UNSET_INTEGER, UNSET_INTEGER, "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
@@ -250,7 +245,7 @@ def completed_order(version: int, order: Order) -> list:
     listing = order.listing
     fields = [COMPLETED_ORDER, *_order_contract(listing),
               order.action, number(order.remaining), order.order_type, *_order_prices(order),
-              order.tif, order.oca_group, order.account, "", 0, order.order_ref, order.perm_id,  # account, openClose, origin
+              order.tif, order.oca_group, order.account, "", 0, order.order_ref, order.perm_id,  # openClose, origin
               order.outside_rth, False, 0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
               "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
               order.good_till_date, "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
@@ -259,7 +254,7 @@ def completed_order(version: int, order: Order) -> list:
               UNSET_INTEGER, False, False, "", order.oca_type or 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
               "", 0, "None", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
               0, 0, 0, "",  # deltaNeutral conId, shortSale, shortSaleSlot, designatedLocation
-              False, 0, _optional(order.trail_stop_price), _optional(order.trailing_percent),  # continuousUpdate .. trailingPercent
+              False, 0, _or(order.trail_stop_price, ""), _or(order.trailing_percent, ""),  # continuousUpdate .. trailingPercent
               "",  # comboLegsDescrip
               0, 0, 0,  # combo legs, order combo legs, smart combo routing params
               UNSET_INTEGER, UNSET_INTEGER, "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
@@ -269,7 +264,7 @@ def completed_order(version: int, order: Order) -> list:
               *_algo(order),
               False, order.status, False, False,  # solicited, status, randomizeSize, randomizePrice
               0,  # conditions
-              _unset(order.trail_stop_price), _unset(order.lmt_price_offset),
+              _or(order.trail_stop_price, UNSET_DOUBLE), _or(order.lmt_price_offset, UNSET_DOUBLE),  # trailStopPrice, lmtPriceOffset
               0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
               "", number(order.filled), UNSET_INTEGER, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
               "Not an insider or substantial shareholder",  # shareholder
