@@ -259,7 +259,7 @@ def test_a_stop_is_modified_by_placing_it_again_and_cancelled(market):
     ib.placeOrder(contract, order)
     wait_until(ib, lambda: seen[order.orderId][0].auxPrice == 210.0)
     ib.cancelOrder(order)
-    wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
+    wait_until(ib, lambda: trade.orderStatus.status == "Cancelled" and refused)
     assert refused == [(order.orderId, 202, "Order Canceled - reason:")]
 
 
@@ -296,9 +296,9 @@ def test_a_bracket_waits_for_its_last_leg_then_its_take_profit_fill_cancels_the_
     assert loss.orderStatus.parentId == parent_order.orderId
 
     walk(gateway, lambda: status(gateway, profit) == "Filled")
-    wait_until(ib, lambda: loss.orderStatus.status == "Cancelled")
+    wait_until(ib, lambda: (loss_order.orderId, 202, "Order Canceled - reason:") in refused)
+    assert loss.orderStatus.status == "Cancelled"
     assert profit.fills[0].execution.price >= target
-    assert (loss_order.orderId, 202, "Order Canceled - reason:") in refused
     assert gateway.broker.position(parent_order.account or ib.managedAccounts()[0], LISTING.con_id).quantity == 0
 
 
@@ -358,8 +358,8 @@ def test_one_cancels_all_cancels_the_others_when_one_fills(market):
     first, second = (ib.placeOrder(contract, o) for o in orders)
     wait_until(ib, lambda: first.orderStatus.status == second.orderStatus.status == "Submitted")
     walk(gateway, lambda: status(gateway, first) == "Filled")
-    wait_until(ib, lambda: second.orderStatus.status == "Cancelled")
-    assert (orders[1].orderId, 202, "Order Canceled - reason:") in refused
+    wait_until(ib, lambda: (orders[1].orderId, 202, "Order Canceled - reason:") in refused)
+    assert second.orderStatus.status == "Cancelled"
 
 
 def bracket_as_reported(trades: list) -> list:
@@ -442,3 +442,21 @@ def test_ib_async_reads_the_new_fields_back_after_reconnecting(ib_async_client, 
     assert reported[loss.orderId].parentId == parent.orderId
     assert reported[loss.orderId].trailingPercent == 2.0
     assert reported[loss.orderId].ocaGroup == reported[profit.orderId].ocaGroup != ""
+
+
+def test_an_untransmitted_order_can_be_cancelled_and_holds_back_nothing_while_its_parent_waits(market):
+    gateway, ib, contract = market(FALLING)
+    buy(ib, contract, 100)
+    refused = errors(ib)
+    price = round_to_tick(LISTING, mid(gateway, gateway.clock.now()))
+    held = ib.placeOrder(contract, LimitOrder("BUY", 100, price - 10, transmit=False))
+    settle(ib)
+    assert held.orderStatus.status == "PendingSubmit"
+    ib.cancelOrder(held.order)
+    wait_until(ib, lambda: held.orderStatus.status == "Cancelled" and refused)
+    assert refused == [(held.order.orderId, 202, "Order Canceled - reason:")]
+
+    parent, profit, loss = place_bracket(ib, contract, price - 10, price + 5, price - 20)
+    wait_until(ib, lambda: loss.orderStatus.status == "PreSubmitted")
+    sale = ib.placeOrder(contract, LimitOrder("SELL", 100, price + 1))  # the shares held already
+    wait_until(ib, lambda: sale.orderStatus.status == "Submitted")

@@ -470,6 +470,11 @@ class Broker:
             events.append(OrderChanged(replace(cancelled)))
         return events
 
+    def _waiting(self, order: Order) -> bool:
+        """A child whose parent has not filled yet: it neither works nor holds back shares or cash."""
+        parent = self.orders.get((order.client_id, order.parent_id)) if order.parent_id else None
+        return parent is not None and not parent.filled
+
     def _children(self, order: Order) -> list[Order]:
         return [o for o in self.orders.values()
                 if o.is_open and o.client_id == order.client_id and o.parent_id == order.order_id]
@@ -506,8 +511,7 @@ class Broker:
         """Move a transmitted order on at ``now``, in its session: a child waits for its parent's
         fill, a stop for its election, an Adaptive order for its delay, an on-close order for the
         close; the rest match. ``placing``: it has just been placed (or elected, or modified)."""
-        parent = self.orders.get((order.client_id, order.parent_id)) if order.parent_id else None
-        if parent is not None and not parent.filled:
+        if self._waiting(order):
             return []
         events = []
         if order.order_type in STOP_TYPES and not order.triggered:
@@ -638,7 +642,7 @@ class Broker:
             if parent is not None and parent.action == "BUY" and parent.con_id == listing.con_id:
                 held += parent.remaining  # a bracket's exit sells what its entry will buy
             selling = self._committed([o for o in others if o.action == "SELL" and o.con_id == listing.con_id],
-                                      lambda o: o.remaining)
+                                      lambda o: 0 if self._waiting(o) else o.remaining)
             if new_open > held - selling:
                 raise reject(
                     f"short selling is not allowed in this account: selling {new_open} {listing.symbol} "
@@ -725,6 +729,8 @@ class Broker:
             raise Rejection(*OFF_TICK)  # the order is not taken in (ib_insync takes 110 for a warning)
 
     def _reservation(self, order: Order, now: float) -> float:
+        if self._waiting(order):
+            return 0.0
         price = order.limit_price if order.limit_price is not None else self.quote(order.listing, now).ask
         return order.remaining * price
 
