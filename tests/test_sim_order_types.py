@@ -403,6 +403,11 @@ def test_a_gtd_order_is_cancelled_at_its_date(market):
     gateway.advance(3600)
     wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
     assert gateway.broker.orders[(1, order.orderId)].completed_at == parse_instant("2026-11-24T17:00:00Z")
+    refused = errors(ib)
+    bad = ib.placeOrder(contract, LimitOrder("BUY", 100, price - 10, tif="GTD", goodTillDate="tomorrow"))
+    settle(ib)
+    assert refused == [(bad.order.orderId, 201, "Order rejected - reason:the goodTillDate 'tomorrow' is not "
+                                                "'YYYYMMDD HH:MM:SS [zone]'")]
 
 
 def test_an_order_type_the_listing_lacks_gets_387_and_no_order(market):

@@ -560,13 +560,19 @@ class Session(asyncio.Protocol):
         listing = self.find_one(order_id, fields[2:14])
         if listing is None:
             return
-        unsupported = unsupported_order_features(fields)
+        tail = order_tail(fields)
+        unsupported = unsupported_order_features(fields, tail)
         if unsupported:
             self.error(order_id, 201, f"Order rejected - reason:{unsupported} is not supported by the simulated gateway")
             return
-        tail = order_tail(fields)
         tif = (fields[21] or "DAY").upper()
         good_till_date = fields[38]
+        try:
+            good_till = parse_end(good_till_date, 0.0) if tif == "GTD" and good_till_date.strip() else None
+        except (ValueError, KeyError):  # KeyError: ZoneInfo's for an unknown zone
+            self.error(order_id, 201, f"Order rejected - reason:the goodTillDate {good_till_date!r} is not "
+                                      "'YYYYMMDD HH:MM:SS [zone]'")
+            return
         request = OrderRequest(
             action=fields[16].upper(), quantity=float(fields[17] or 0), order_type=fields[18].upper(),
             limit_price=price_field(fields[19]), tif=tif,
@@ -575,7 +581,7 @@ class Session(asyncio.Protocol):
             aux_price=price_field(fields[20]), oca_group=fields[22], transmit=fields[27] != "0",
             parent_id=int(fields[28] or 0), oca_type=int(fields[47] or 0),
             good_till_date=good_till_date,
-            good_till=parse_end(good_till_date, 0.0) if tif == "GTD" and good_till_date.strip() else None,
+            good_till=good_till,
             trail_stop_price=tail.trail_stop_price, trailing_percent=tail.trailing_percent,
             lmt_price_offset=tail.lmt_price_offset, algo_strategy=tail.algo_strategy,
             algo_params=tail.algo_params)
@@ -767,11 +773,10 @@ class Session(asyncio.Protocol):
         self.accounts_changed.clear()
 
 
-def unsupported_order_features(fields: list[str]) -> str:
+def unsupported_order_features(fields: list[str], tail: "OrderTail") -> str:
     """Name an order feature the simulator would silently get wrong, else ''."""
     if fields[4] and fields[4] != "STK":
         return f"security type {fields[4]}"
-    tail = order_tail(fields)
     if tail.what_if:
         return "a what-if order"
     if tail.conditions:
