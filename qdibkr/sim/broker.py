@@ -38,8 +38,9 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
 - DAY orders still open at the session's close (the post-market's end for an
   ``outsideRth`` limit) are cancelled; one placed after the close is good for
   the next session.
-- Stop orders are simulated by IB and held, PreSubmitted, until elected (TWS's "PreSubmitted:
-  a simulated order type ... held in the IB system until the election criteria are met"). They
+- Stop orders are simulated by IB and held, PreSubmitted, until elected (IB's order status
+  reference: PreSubmitted is a simulated order type accepted and held until its election criteria
+  are met, as https://docs.rs/ibapi/3.0.1/ibapi/orders/enum.OrderStatusKind.html restates it). They
   trigger on the last price, the default trigger method for US and HK stocks
   (https://interactivebrokers.github.io/tws-api/trigger_method_limit.html), here the model's mid
   path: a sell stop when it trades at or below the stop, a buy stop at or above. An elected STP or
@@ -56,10 +57,11 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
   cancels the group. The cancelled ones get orderStatus Cancelled and error 202, as a cancel does.
 - Attached orders (parentId): an order with transmit=False is kept but not transmitted, and
   nothing is reported of it (ib_insync issues 346, 416), until an order of its family arrives
-  with transmit=True; then all go out. A child waits, PreSubmitted, until its parent fills, then works for the shares the
-  parent has filled; the children of a parent share an OCA group (named by the parent's permId,
-  as TWS renames it: ib_insync issue 606) that reduces the others as one fills. Cancelling a
-  parent that has not filled cancels its children.
+  with transmit=True; then all go out. A child waits, PreSubmitted, until its parent fills, then
+  works for the shares the parent has filled; the children of a parent share an OCA group (named
+  by the parent's permId: TWS renames it to a number, ib_insync issue 606) that reduces the others
+  as one fills. Cancelling a parent that has not filled cancels its children. An order type the
+  listing's orderTypes lack is refused with error 387.
 - P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
   since the position was opened, realised today, and daily P&L since the
   previous session's close (the quote's ``close``): positions held then count
