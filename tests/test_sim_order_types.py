@@ -465,3 +465,22 @@ def test_an_untransmitted_order_can_be_cancelled_and_holds_back_nothing_while_it
     wait_until(ib, lambda: loss.orderStatus.status == "PreSubmitted")
     sale = ib.placeOrder(contract, LimitOrder("SELL", 100, price + 1))  # the shares held already
     wait_until(ib, lambda: sale.orderStatus.status == "Submitted")
+
+
+def test_a_gtc_stop_gapped_through_overnight_fills_at_the_open(market):
+    """AAPL closes 2026-11-23 near 231 and opens the next morning near 227.7: a GTC sell stop at 229.50
+    waits through the night, then sells at the opening bid, not at its stop."""
+    gateway, ib, contract = market("2026-11-23T20:55:00Z")
+    buy(ib, contract, 100)
+    close, opening = parse_instant("2026-11-23T21:00:00Z"), parse_instant("2026-11-24T14:30:00Z")
+    assert path(gateway, gateway.clock.now(), close)[0] > 229.5 > mid(gateway, opening)
+    trade = ib.placeOrder(contract, StopOrder("SELL", 100, 229.5, tif="GTC"))
+    wait_until(ib, lambda: trade.orderStatus.status == "PreSubmitted")
+    gateway.advance(opening - 60 - gateway.clock.now())  # the night: closed, nothing trades
+    settle(ib)
+    assert trade.orderStatus.status == "PreSubmitted"
+    gateway.advance(120)  # the jump stops at the open for a pass
+    wait_until(ib, lambda: trade.orderStatus.status == "Filled")
+    fill = trade.fills[0].execution
+    assert fill.time.timestamp() == opening
+    assert fill.price == gateway.broker.model.quote(LISTING, opening).bid < 228
