@@ -38,6 +38,30 @@ Rules, chosen to match IB paper trading closely enough to catch real mistakes:
 - DAY orders still open at the session's close (the post-market's end for an
   ``outsideRth`` limit) are cancelled; one placed after the close is good for
   the next session.
+- Stop orders are simulated by IB and held, PreSubmitted, until elected (IB's order status
+  reference: PreSubmitted is a simulated order type accepted and held until its election criteria
+  are met, as https://docs.rs/ibapi/3.0.1/ibapi/orders/enum.OrderStatusKind.html restates it). They
+  trigger on the last price, the default trigger method for US and HK stocks
+  (https://interactivebrokers.github.io/tws-api/trigger_method_limit.html), here the model's mid
+  path: a sell stop when it trades at or below the stop, a buy stop at or above. An elected STP or
+  TRAIL is a market order and fills at the book then (a gap through the stop fills at the first
+  price there, not at the stop); an elected STP LMT or TRAIL LIMIT is a limit order. A trailing
+  stop ratchets with the best price seen (by auxPrice, or trailingPercent of the price) and reports
+  it as trailStopPrice.
+- MOC and LOC orders fill whole at the closing price when their session closes (a LOC only if
+  that price is at or better than its limit; otherwise it is cancelled).
+- The Adaptive algo (MKT and LMT only) works as its base order after a short delay that its
+  adaptivePriority sets (ADAPTIVE_DELAYS).
+- One-cancels-all groups: once one member fills, ocaType 1 cancels the others and ocaTypes 2
+  and 3 reduce them by the shares filled (cancelled when nothing is left); cancelling one member
+  cancels the group. The cancelled ones get orderStatus Cancelled and error 202, as a cancel does.
+- Attached orders (parentId): an order with transmit=False is kept but not transmitted, and
+  nothing is reported of it (ib_insync issues 346, 416), until an order of its family arrives
+  with transmit=True; then all go out. A child waits, PreSubmitted, until its parent fills, then
+  works for the shares the parent has filled; the children of a parent share an OCA group (named
+  by the parent's permId: TWS renames it to a number, ib_insync issue 606) that reduces the others
+  as one fills. Cancelling a parent that has not filled cancels its children. An order type the
+  listing's orderTypes lack is refused with error 387.
 - P&L as TWS's portfolio window (reqPnL, reqPnLSingle) reports it: unrealised
   since the position was opened, realised today, and daily P&L since the
   previous session's close (the quote's ``close``): positions held then count
@@ -58,8 +82,19 @@ from .sessions import ORDER_MESSAGE, Sessions, extended_hours
 SWEEP_LEVELS = 10
 PRICE_BAND = 0.10
 USD_PER_HKD = 1 / 7.8
-ORDER_TYPES = ("MKT", "LMT")
-TIME_IN_FORCE = ("DAY", "GTC")
+STOP_TYPES = ("STP", "STP LMT", "TRAIL", "TRAIL LIMIT")
+ON_CLOSE_TYPES = ("MOC", "LOC")
+# The order types served, each with its name in a contract's orderTypes list (contract details), which
+# names what the listing takes
+CONTRACT_ORDER_TYPES = {"MKT": "MKT", "LMT": "LMT", "STP": "STP", "STP LMT": "STPLMT", "TRAIL": "TRAIL",
+                        "TRAIL LIMIT": "TRAILLMT", "MOC": "MOC", "LOC": "LOC"}
+ORDER_TYPES = tuple(CONTRACT_ORDER_TYPES)
+LIMITED_TYPES = ("LMT", "STP LMT", "LOC")  # types whose lmtPrice the client sets
+TIME_IN_FORCE = ("DAY", "GTC", "GTD")
+# Seconds the Adaptive algo takes before it works as its base order, by adaptivePriority: the
+# simulator's stand-in for IB's patient working of the order.
+ADAPTIVE_DELAYS = {"Urgent": 1.0, "Normal": 5.0, "Patient": 15.0}
+BRACKET_OCA_TYPE = 3  # a bracket's children reduce one another as one fills
 OPEN_STATUSES = ("PreSubmitted", "Submitted")
 STATE_VERSION = 1
 
@@ -78,6 +113,18 @@ class OrderRequest:
     outside_rth: bool = False
     e_trade_only: bool = False  # ibapi 9.81 sets both by default; TWS refuses either (10268, 10269)
     firm_quote_only: bool = False
+    aux_price: float | None = None  # the stop price, or a trailing stop's amount
+    trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    lmt_price_offset: float | None = None  # a trailing limit's distance from its stop
+    oca_group: str = ""
+    oca_type: int = 0
+    parent_id: int = 0
+    transmit: bool = True
+    algo_strategy: str = ""
+    algo_params: dict = field(default_factory=dict)
+    good_till_date: str = ""  # as the client wrote it, echoed back
+    good_till: float | None = None  # the same instant, read by the server
 
 
 @dataclass
@@ -104,6 +151,20 @@ class Order:
     completed_at: float | None = None
     completed_status: str = ""
     crossed_at: float = 0.0  # the path has been checked against the limit up to here
+    aux_price: float | None = None
+    trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    lmt_price_offset: float | None = None
+    oca_group: str = ""
+    oca_type: int = 0
+    parent_id: int = 0
+    transmitted: bool = True  # False: TWS keeps it, untransmitted, until its family is transmitted
+    triggered: bool = False  # a stop that has been elected
+    algo_strategy: str = ""
+    algo_params: dict = field(default_factory=dict)
+    good_till_date: str = ""
+    active_from: float = 0.0  # an Adaptive order works as its base type from here
+    full_quantity: int = 0  # a child's own size; it works for what its parent has filled, up to it
 
     @property
     def remaining(self) -> int:
@@ -219,6 +280,9 @@ def reject(reason: str) -> Rejection:
 # Refusals that TWS words itself, with no order left behind: codes and texts as in
 # https://interactivebrokers.github.io/tws-api/message_codes.html
 OFF_TICK = (110, "The price does not conform to the minimum price variation for this contract.")
+UNSUPPORTED_TYPE = (387, "Unsupported order type for this exchange and security type.")
+# An order its OCA group cancelled is reported as a cancel is (orderStatus Cancelled, error 202).
+OCA_CANCELLED = (202, "Order Canceled - reason:")
 E_TRADE_ONLY = (10268, "The 'EtradeOnly' order attribute is not supported.")
 FIRM_QUOTE_ONLY = (10269, "The 'firmQuoteOnly' order attribute is not supported.")
 
@@ -261,7 +325,8 @@ class Broker:
         return [p for p in self.positions.values() if account in (None, p.account)]
 
     def open_orders(self) -> list[Order]:
-        return [o for o in self.orders.values() if o.is_open]
+        """Open orders that have been transmitted: untransmitted ones are TWS's alone until then."""
+        return [o for o in self.orders.values() if o.is_open and o.transmitted]
 
     def completed_orders(self) -> list[Order]:
         return [o for o in self.orders.values() if not o.is_open]
@@ -292,7 +357,8 @@ class Broker:
 
     # ------------------------------------------------------------ orders
     def place(self, client_id: int, order_id: int, listing: Listing, request: OrderRequest) -> list:
-        """A new order, or a modification when this client's order id is still open."""
+        """A new order, or a modification when this client's order id is still open. One with
+        transmit=False is kept and reported to no one until its family is transmitted."""
         existing = self.orders.get((client_id, order_id))
         if existing and not existing.is_open:
             raise (Rejection(104, "Can't modify a filled order.") if existing.status == "Filled"
@@ -300,52 +366,89 @@ class Broker:
         account = self.resolve_account(request.account or (existing.account if existing else ""))
         now = self.clock.now()
         try:
-            quantity = self._validate(listing, request, account, existing, now)
+            quantity = self._validate(client_id, listing, request, account, existing, now)
         except Rejection as r:
             if r.code == 201 and existing is None:  # taken in, then refused: it exists, Inactive
                 order = self._new_order(client_id, order_id, listing, request, account, request.quantity, now)
                 self._finish(order, "Inactive", "Rejected")
                 r.order = replace(order)
             raise
-        extended = extended_hours(request.order_type, request.outside_rth)
         if existing:
-            existing.quantity = quantity
-            existing.limit_price = request.limit_price if request.order_type == "LMT" else None
-            existing.order_type = request.order_type
-            existing.tif = request.tif
-            existing.outside_rth = request.outside_rth
-            existing.expires_at = self._expiry(listing, request.tif, extended, now)
-            existing.crossed_at = now
             order = existing
+            self._set_terms(order, listing, request, quantity, now)
         else:
             order = self._new_order(client_id, order_id, listing, request, account, quantity, now)
         self.dirty = True
-        opens = self.sessions.next_open(listing, now, extended)
-        if opens != now:  # TWS holds it until its session opens, and says so
-            order.status = "PreSubmitted"
-            text = self.sessions.deferral_warning(listing, order.action, order.quantity, opens or now)
-            return [OrderChanged(replace(order)), OrderWarning(replace(order), ORDER_MESSAGE, text)]
-        events = [OrderChanged(replace(order)), *self._match_order(order, now, placing=True)]
-        if order.status == "PreSubmitted":  # not filled at once: it rests, working at the exchange
-            events += self._submit(order)
+        if not request.transmit and not (existing and existing.transmitted):
+            # Kept by TWS and reported to no one: ib_insync's trade stays PendingSubmit, and a client
+            # that reconnects is not told of it (ib_insync issues 346 and 416). A transmitted order
+            # modified with transmit=False is simply modified.
+            order.transmitted = False
+            return [OrderChanged(replace(order))]
+        events = []
+        for member in self._untransmitted_family(order):
+            member.transmitted = True
+            events += self._begin(member, now)
         return events
 
     def _new_order(self, client_id: int, order_id: int, listing: Listing, request: OrderRequest, account: str,
                    quantity: float, now: float) -> Order:
         """Record a new order, PreSubmitted, with the next permId."""
-        extended = extended_hours(request.order_type, request.outside_rth)
         order = Order(
             client_id=client_id, order_id=order_id, perm_id=self.next_perm_id, account=account,
-            con_id=listing.con_id, action=request.action, quantity=quantity,
-            order_type=request.order_type,
-            limit_price=request.limit_price if request.order_type == "LMT" else None,
-            tif=request.tif, order_ref=request.order_ref, outside_rth=request.outside_rth,
-            placed_at=now, expires_at=self._expiry(listing, request.tif, extended, now), crossed_at=now)
+            con_id=listing.con_id, action=request.action, quantity=quantity, order_type=request.order_type,
+            limit_price=None, tif=request.tif, order_ref=request.order_ref, outside_rth=request.outside_rth,
+            placed_at=now, parent_id=request.parent_id)
+        self._set_terms(order, listing, request, quantity, now)
         self.next_perm_id += 1
         self.orders[(client_id, order_id)] = order
         self.next_order_id = max(self.next_order_id, order_id + 1)
         self.dirty = True
         return order
+
+    def _set_terms(self, order: Order, listing: Listing, request: OrderRequest, quantity: int, now: float):
+        """What a placeOrder (new or a modification) sets: type, prices, size, time in force, group."""
+        order.quantity = order.full_quantity = quantity
+        order.order_type = request.order_type
+        order.limit_price = request.limit_price if request.order_type in LIMITED_TYPES else None
+        order.aux_price = request.aux_price if request.order_type in STOP_TYPES else None
+        order.trailing_percent = request.trailing_percent if request.order_type.startswith("TRAIL") else None
+        order.lmt_price_offset = request.lmt_price_offset if request.order_type == "TRAIL LIMIT" else None
+        if order.order_type.startswith("TRAIL") and (request.trail_stop_price or not order.trail_stop_price):
+            order.trail_stop_price = request.trail_stop_price or self._trail_start(order, listing, now)
+            self._follow_limit(order, listing)
+        order.tif = request.tif
+        order.good_till_date = request.good_till_date
+        order.outside_rth = request.outside_rth
+        order.algo_strategy, order.algo_params = request.algo_strategy, dict(request.algo_params)
+        priority = request.algo_params.get("adaptivePriority", "Normal")
+        order.active_from = now + ADAPTIVE_DELAYS.get(priority, ADAPTIVE_DELAYS["Normal"]) if request.algo_strategy else 0.0
+        order.oca_group, order.oca_type = request.oca_group, request.oca_type
+        parent = self.orders.get((order.client_id, order.parent_id)) if order.parent_id else None
+        if parent is not None:
+            if not order.oca_group:
+                order.oca_group, order.oca_type = str(parent.perm_id), order.oca_type or BRACKET_OCA_TYPE
+            if parent.filled:
+                order.quantity = min(quantity, parent.filled)
+        order.expires_at = self._expiry(listing, order, request.good_till, now)
+        order.crossed_at = now
+
+    def _untransmitted_family(self, order: Order) -> list[Order]:
+        """The orders a transmit=True order sends out: itself, and its parent and the parent's
+        children still waiting to be transmitted, in the order they were placed."""
+        root = self.orders[(order.client_id, order.parent_id)] if order.parent_id else order
+        return [o for o in self.orders.values() if o.client_id == order.client_id and o.is_open
+                and (o is root or o.parent_id == root.order_id) and (not o.transmitted or o is order)]
+
+    def _begin(self, order: Order, now: float) -> list:
+        """A transmitted order as TWS first reports it, then held until its session opens (with
+        TWS's warning 399 saying when) or set working."""
+        opens = self.sessions.next_open(order.listing, now, order.extended)
+        if opens != now:
+            order.status = "PreSubmitted"
+            text = self.sessions.deferral_warning(order.listing, order.action, order.quantity, opens or now)
+            return [OrderChanged(replace(order)), OrderWarning(replace(order), ORDER_MESSAGE, text)]
+        return [OrderChanged(replace(order)), *self._work(order, now, placing=True)]
 
     def _submit(self, order: Order) -> list:
         """An accepted (PreSubmitted) order starts working at the exchange: Submitted."""
@@ -354,39 +457,144 @@ class Broker:
         return [OrderChanged(replace(order))]
 
     def cancel(self, client_id: int, order_id: int) -> list:
+        """Cancel an order, with the members of its OCA group and, for a parent nothing of
+        which has filled, its children."""
         order = self.orders.get((client_id, order_id))
         if order is None:
             raise Rejection(10147, f"OrderId {order_id} that needs to be cancelled is not found.")
         if not order.is_open:
             raise Rejection(10148, f"OrderId {order_id} that needs to be cancelled cannot be cancelled, state: {order.status}.")
-        self._finish(order, "Cancelled", "Cancelled by Trader")
-        return [OrderChanged(replace(order))]
+        followers = self._oca_members(order) + (self._children(order) if not order.filled else [])
+        events = []
+        for cancelled in {id(o): o for o in [order, *followers]}.values():
+            cancelled.transmitted = True  # an untransmitted one is reported cancelled too: it was asked about
+            self._finish(cancelled, "Cancelled", "Cancelled by Trader")
+            events.append(OrderChanged(replace(cancelled)))
+        return events
+
+    def _waiting(self, order: Order) -> bool:
+        """A child whose parent has not filled yet: it neither works nor holds back shares or cash."""
+        parent = self.orders.get((order.client_id, order.parent_id)) if order.parent_id else None
+        return parent is not None and not parent.filled
+
+    def _children(self, order: Order) -> list[Order]:
+        return [o for o in self.orders.values()
+                if o.is_open and o.client_id == order.client_id and o.parent_id == order.order_id]
+
+    def _oca_members(self, order: Order) -> list[Order]:
+        """The other open orders of the order's one-cancels-all group."""
+        if not order.oca_group:
+            return []
+        return [o for o in self.orders.values() if o is not order and o.is_open
+                and o.account == order.account and o.oca_group == order.oca_group]
 
     def match(self) -> list:
-        """One matching pass over every open order: expiries, orders whose session opened, fills."""
+        """One matching pass over every open order: expiries and the close's auction, orders whose
+        session opened, stops elected, fills."""
         now = self.clock.now()
         events = []
         for order in self.open_orders():
+            if not order.is_open:  # cancelled earlier in this pass, by its OCA group
+                continue
             listing = order.listing
             if order.expires_at is not None and now >= order.expires_at:
-                self._finish(order, "Cancelled", "Cancelled: DAY order expired at the close")
-                events.append(OrderChanged(replace(order)))
-            elif not self.sessions.may_trade(listing, now, order.extended):
-                continue  # waits for its session
-            elif order.status == "PreSubmitted":  # its session opened: placed at the exchange now
-                order.crossed_at = now
-                events += self._submit(order)
-                events += self._match_order(order, now, placing=True)
-            else:
+                events += self._at_close(order) if order.order_type in ON_CLOSE_TYPES else self._expire(order)
+            elif self.sessions.may_trade(listing, now, order.extended):
                 order.crossed_at = max(order.crossed_at, self.sessions.window_start(listing, now, order.extended))
-                events += self._match_order(order, now, placing=False)
+                events += self._work(order, now, placing=False)
         return events
+
+    def _expire(self, order: Order) -> list:
+        when = "at the close" if order.tif == "DAY" else f"at its goodTillDate {order.good_till_date}"
+        self._finish(order, "Cancelled", f"Cancelled: {order.tif} order expired {when}")
+        return [OrderChanged(replace(order))]
+
+    def _work(self, order: Order, now: float, placing: bool) -> list:
+        """Move a transmitted order on at ``now``, in its session: a child waits for its parent's
+        fill, a stop for its election, an Adaptive order for its delay, an on-close order for the
+        close; the rest match. ``placing``: it has just been placed (or elected, or modified)."""
+        if self._waiting(order):
+            return []
+        events = []
+        if order.order_type in STOP_TYPES and not order.triggered:
+            events += self._watch_stop(order, now)
+            if not order.triggered:
+                return events
+            placing = True
+        if order.order_type in ON_CLOSE_TYPES:  # at the exchange for its closing auction, which match() runs
+            return events + (self._submit(order) if order.status == "PreSubmitted" else [])
+        if now < order.active_from:  # the Adaptive algo's delay
+            return events
+        if order.status == "PreSubmitted" and not placing:  # its session opened: placed at the exchange now
+            return events + self._submit(order) + self._match_order(order, now, placing=True)
+        events += self._match_order(order, now, placing)
+        if order.status == "PreSubmitted":  # not filled at once: it rests, working at the exchange
+            events += self._submit(order)
+        return events
+
+    def _watch_stop(self, order: Order, now: float) -> list:
+        """Elect a stop the last price has reached since the last pass; else ratchet a trailing
+        stop to the best price seen, and elect it if the price is already back through it."""
+        listing = order.listing
+        low, high = self.model.low_high(listing, order.crossed_at, now)
+        order.crossed_at = now
+        if not self._reached(order, low, high):
+            if not order.order_type.startswith("TRAIL") or not self._ratchet(order, listing, low, high):
+                return []
+            price = self.model.mid(listing, now)
+            if not self._reached(order, price, price):
+                return [OrderChanged(replace(order))]  # the new trailStopPrice
+        order.triggered = True
+        self.dirty = True
+        return []
+
+    def _reached(self, order: Order, low: float, high: float) -> bool:
+        stop = order.trail_stop_price if order.order_type.startswith("TRAIL") else order.aux_price
+        return low <= stop + 1e-9 if order.action == "SELL" else high >= stop - 1e-9
+
+    def _trail_start(self, order: Order, listing: Listing, now: float) -> float:
+        """A trailing stop's first stop: its distance from the last price."""
+        return self._trail_from(order, listing, self.model.mid(listing, self.sessions.market_time(listing, now)))
+
+    def _trail_from(self, order: Order, listing: Listing, price: float) -> float:
+        distance = order.aux_price if order.aux_price else price * (order.trailing_percent or 0) / 100
+        return catalogue.round_to_tick(listing, price - distance if order.action == "SELL" else price + distance)
+
+    def _ratchet(self, order: Order, listing: Listing, low: float, high: float) -> bool:
+        """Move a trailing stop after the best price (the high for a sell, the low for a buy); True if it moved."""
+        stop = self._trail_from(order, listing, high if order.action == "SELL" else low)
+        better = stop > order.trail_stop_price if order.action == "SELL" else stop < order.trail_stop_price
+        if better:
+            order.trail_stop_price = stop
+            self._follow_limit(order, listing)
+            self.dirty = True
+        return better
+
+    @staticmethod
+    def _follow_limit(order: Order, listing: Listing):
+        """A trailing limit's limit price: its offset from the stop, on the far side."""
+        if order.order_type == "TRAIL LIMIT" and order.trail_stop_price is not None:
+            offset = order.lmt_price_offset or 0.0
+            price = order.trail_stop_price - offset if order.action == "SELL" else order.trail_stop_price + offset
+            order.limit_price = catalogue.round_to_tick(listing, price)
+
+    def _at_close(self, order: Order) -> list:
+        """An on-close order at its session's close: filled whole at the closing price, a LOC only
+        if that price is at or better than its limit (else cancelled, as the auction leaves it)."""
+        listing = order.listing
+        price = self.mark_price(listing, order.expires_at)
+        if order.limit_price is not None and not self._marketable(price, order.limit_price, order.action == "BUY"):
+            self._finish(order, "Cancelled", "Cancelled: the closing price was through the limit")
+            return [OrderChanged(replace(order))]
+        return self._fill(order, listing, price, order.remaining, self.clock.now())
 
     def next_wakeup(self, now: float) -> float | None:
         """The next instant after ``now`` when an open order's fate may change without a price
-        move: its session opens or it expires. A clock that jumps steps through these."""
+        move: its session opens, an Adaptive delay ends or it expires (or, on close, fills). A
+        clock that jumps steps through these."""
         times = []
         for order in self.open_orders():
+            times.append(order.active_from)
             if order.expires_at is not None:
                 times.append(order.expires_at)
             if not self.sessions.may_trade(order.listing, now, order.extended):
@@ -395,8 +603,8 @@ class Broker:
         return min(later) if later else None
 
     # ------------------------------------------------------------ rules
-    def _validate(self, listing: Listing, request: OrderRequest, account: str, existing: Order | None,
-                  now: float) -> int:
+    def _validate(self, client_id: int, listing: Listing, request: OrderRequest, account: str,
+                  existing: Order | None, now: float) -> int:
         if request.e_trade_only:
             raise Rejection(*E_TRADE_ONLY)
         if request.firm_quote_only:
@@ -404,9 +612,18 @@ class Broker:
         if request.action not in ("BUY", "SELL"):
             raise reject(f"action must be BUY or SELL, not {request.action!r}")
         if request.order_type not in ORDER_TYPES:
-            raise reject(f"order type {request.order_type!r} is not supported by the simulated gateway (use MKT or LMT)")
+            raise reject(f"order type {request.order_type!r} is not supported by the simulated gateway "
+                         f"(use one of {', '.join(ORDER_TYPES)})")
+        if CONTRACT_ORDER_TYPES[request.order_type] not in listing.order_types.split(","):
+            raise Rejection(*UNSUPPORTED_TYPE)  # not taken in: the listing's orderTypes lack it
         if request.tif not in TIME_IN_FORCE:
-            raise reject(f"time in force {request.tif!r} is not supported by the simulated gateway (use DAY or GTC)")
+            raise reject(f"time in force {request.tif!r} is not supported by the simulated gateway (use DAY, GTC or GTD)")
+        if request.tif == "GTD" and (request.good_till is None or request.good_till <= now):
+            raise reject(f"a GTD order needs a goodTillDate in the future, not {request.good_till_date!r}")
+        if request.order_type in ON_CLOSE_TYPES and request.tif != "DAY":
+            raise reject(f"a {request.order_type} order is good for the day only (tif DAY)")
+        self._validate_algo(listing, request)
+        parent = self._validate_parent(client_id, request, existing)
         quantity = request.quantity
         if quantity <= 0 or quantity != int(quantity):
             raise reject(f"order quantity {quantity:g} must be a positive whole number of shares")
@@ -417,33 +634,28 @@ class Broker:
             raise reject(f"order size {quantity} is not a multiple of the board lot size {listing.board_lot} for {listing.symbol} on {listing.primary_exchange}")
 
         quote = self.quote(listing, now)
-        if request.order_type == "LMT":
-            price = request.limit_price
-            if price is None or price <= 0:
-                raise reject("a limit order needs a positive limit price")
-            tick = catalogue.min_tick(listing, price)
-            if abs(price / tick - round(price / tick)) > 1e-6:
-                raise Rejection(*OFF_TICK)  # the order is not taken in (ib_insync takes 110 for a warning)
-            if request.action == "BUY" and price > quote.ask * (1 + PRICE_BAND):
-                raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} above the market ask {quote.ask:g}")
-            if request.action == "SELL" and price < quote.bid * (1 - PRICE_BAND):
-                raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} below the market bid {quote.bid:g}")
-
-        others = [o for o in self.open_orders() if o is not existing and o.account == account]
+        self._validate_prices(listing, request, quote)
+        group = request.oca_group or (str(parent.perm_id) if parent else "")
+        others = [o for o in self.orders.values() if o.is_open and o is not existing and o.account == account
+                  and not (group and o.oca_group == group)]
         new_open = quantity - (existing.filled if existing else 0)
         if request.action == "SELL":
             held = self.position(account, listing.con_id).quantity
-            selling = sum(o.remaining for o in others if o.action == "SELL" and o.con_id == listing.con_id)
+            if parent is not None and parent.action == "BUY" and parent.con_id == listing.con_id:
+                held += parent.remaining  # a bracket's exit sells what its entry will buy
+            selling = self._committed([o for o in others if o.action == "SELL" and o.con_id == listing.con_id],
+                                      lambda o: 0 if self._waiting(o) else o.remaining)
             if new_open > held - selling:
                 raise reject(
                     f"short selling is not allowed in this account: selling {new_open} {listing.symbol} "
                     f"but only {held - selling} are held and not already being sold")
         else:
-            price = request.limit_price if request.order_type == "LMT" else quote.ask
+            price = request.limit_price if request.order_type in LIMITED_TYPES else quote.ask
             cost = new_open * price
             cost += commission_due(listing, "BUY", new_open, cost, now)
-            reserved = sum(self._reservation(o, now) for o in others
-                           if o.action == "BUY" and o.listing.currency == listing.currency)
+            reserved = self._committed([o for o in others if o.action == "BUY"
+                                        and o.listing.currency == listing.currency],
+                                       lambda o: self._reservation(o, now))
             available = self.accounts[account].cash.get(listing.currency, 0.0) - reserved
             if cost > available:
                 raise reject(
@@ -451,13 +663,85 @@ class Broker:
                     f"but only {available:,.2f} {listing.currency} is available")
         return quantity
 
+    @staticmethod
+    def _committed(orders: list[Order], amount) -> float:
+        """What open orders hold back: an OCA group's members count once, at the largest of them,
+        since only one of them can trade."""
+        groups: dict[str, float] = {}
+        total = 0.0
+        for o in orders:
+            if o.oca_group:
+                groups[o.oca_group] = max(groups.get(o.oca_group, 0.0), amount(o))
+            else:
+                total += amount(o)
+        return total + sum(groups.values())
+
+    @staticmethod
+    def _validate_algo(listing: Listing, request: OrderRequest):
+        if not request.algo_strategy:
+            return
+        if "ALGO" not in listing.order_types.split(","):
+            raise reject(f"IB offers no algos for {listing.symbol} on {listing.primary_exchange}")
+        if request.algo_strategy != "Adaptive":
+            raise reject(f"algo strategy {request.algo_strategy!r} is not supported by the simulated gateway (use Adaptive)")
+        if request.order_type not in ("MKT", "LMT"):
+            raise reject(f"the Adaptive algo works on MKT and LMT orders, not {request.order_type}")
+        priority = request.algo_params.get("adaptivePriority", "Normal")
+        if priority not in ADAPTIVE_DELAYS:
+            raise reject(f"adaptivePriority must be one of {', '.join(ADAPTIVE_DELAYS)}, not {priority!r}")
+
+    def _validate_parent(self, client_id: int, request: OrderRequest, existing: Order | None) -> Order | None:
+        """The open parent a child order names, if any."""
+        if not request.parent_id:
+            return None
+        parent = self.orders.get((client_id, request.parent_id))
+        if parent is None or (not parent.is_open and parent.status != "Filled"):
+            raise reject(f"the parent order {request.parent_id} is not an open order of this client")
+        return parent
+
+    def _validate_prices(self, listing: Listing, request: OrderRequest, quote):
+        """The limit and stop prices the order type needs: positive, on the tick ladder, and a
+        limit order's within the precautionary band around the market."""
+        kind = request.order_type
+        if kind in LIMITED_TYPES:
+            self._check_price(listing, request.limit_price, "a limit price")
+        if kind in ("STP", "STP LMT"):
+            self._check_price(listing, request.aux_price, "a stop price (auxPrice)")
+        if kind.startswith("TRAIL"):
+            if not (request.aux_price or request.trailing_percent) or (request.aux_price or 0) < 0 \
+                    or (request.trailing_percent or 0) < 0:
+                raise reject(f"a {kind} order needs a positive trailing amount (auxPrice) or trailingPercent")
+            if request.aux_price and request.trailing_percent:
+                raise reject(f"a {kind} order takes a trailing amount (auxPrice) or trailingPercent, not both")
+        if kind == "TRAIL LIMIT" and (request.lmt_price_offset is None or request.lmt_price_offset < 0):
+            raise reject("a TRAIL LIMIT order needs a limit price offset (lmtPriceOffset)")
+        if kind == "LMT":
+            price = request.limit_price
+            if request.action == "BUY" and price > quote.ask * (1 + PRICE_BAND):
+                raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} above the market ask {quote.ask:g}")
+            if request.action == "SELL" and price < quote.bid * (1 - PRICE_BAND):
+                raise reject(f"the limit price {price:g} is more than {PRICE_BAND:.0%} below the market bid {quote.bid:g}")
+
+    @staticmethod
+    def _check_price(listing: Listing, price: float | None, what: str):
+        if price is None or price <= 0:
+            raise reject(f"the order needs {what} above zero")
+        tick = catalogue.min_tick(listing, price)
+        if abs(price / tick - round(price / tick)) > 1e-6:
+            raise Rejection(*OFF_TICK)  # the order is not taken in (ib_insync takes 110 for a warning)
+
     def _reservation(self, order: Order, now: float) -> float:
+        if self._waiting(order):
+            return 0.0
         price = order.limit_price if order.limit_price is not None else self.quote(order.listing, now).ask
         return order.remaining * price
 
-    def _expiry(self, listing: Listing, tif: str, extended: bool, now: float) -> float | None:
-        """When a DAY order expires: the close of the session under way or, after it, the next one's."""
-        return self.sessions.day_close(listing, now, extended) if tif == "DAY" else None
+    def _expiry(self, listing: Listing, order: Order, good_till: float | None, now: float) -> float | None:
+        """When an order expires: a DAY (or on-close) order at the close of the session under way or,
+        after it, the next one's; a GTD order at its goodTillDate."""
+        if order.tif == "GTD":
+            return good_till
+        return self.sessions.day_close(listing, now, order.extended) if order.tif == "DAY" else None
 
     # ------------------------------------------------------------ matching
     def _match_order(self, order: Order, now: float, placing: bool) -> list:
@@ -539,7 +823,29 @@ class Broker:
         if order.filled == order.quantity:
             self._finish(order, "Filled", f"Filled Size: {order.filled}")  # completedStatus as TWS words it
         self.dirty = True
-        return [Filled(replace(order), execution), PositionChanged(order.account, listing.con_id)]
+        return [Filled(replace(order), execution), PositionChanged(order.account, listing.con_id),
+                *self._after_fill(order, shares, now)]
+
+    def _after_fill(self, order: Order, shares: int, now: float) -> list:
+        """What a fill does to the order's OCA group and children. The group: ocaType 1 cancels
+        the others, 2 and 3 reduce them by the shares filled. The children: they work for the
+        shares their parent has filled, the first fill setting them to work."""
+        events = []
+        for other in self._oca_members(order):
+            left = other.quantity - shares
+            if order.oca_type == 1 or left <= other.filled:
+                self._finish(other, "Cancelled", "Cancelled by OCA group")
+                events += [OrderChanged(replace(other)), OrderWarning(replace(other), *OCA_CANCELLED)]
+            else:
+                other.quantity = left
+                events.append(OrderChanged(replace(other)))
+        for child in self._children(order):
+            if order.filled == shares:  # its first fill: the children start watching the price now
+                child.crossed_at = now
+            child.quantity = max(child.filled, min(child.full_quantity, order.filled))
+            if child.transmitted:
+                events += [OrderChanged(replace(child)), *self._work(child, now, placing=True)]
+        return events
 
     def _finish(self, order: Order, status: str, completed_status: str):
         order.status = status

@@ -137,7 +137,7 @@ def market_rule(rule_id: int) -> list:
 # ------------------------------------------------------------------ orders
 def order_status(order: Order) -> list:
     return [ORDER_STATUS, order.order_id, order.status, number(order.filled), number(order.remaining),
-            order.avg_fill_price, order.perm_id, 0, order.last_fill_price, order.client_id, "", 0.0]
+            order.avg_fill_price, order.perm_id, order.parent_id, order.last_fill_price, order.client_id, "", 0.0]
 
 
 # An order as TWS reports it (openOrder, completedOrder): field values from TWS's own messages,
@@ -153,8 +153,21 @@ def _order_contract(listing: Listing) -> list:
 
 
 def _order_prices(order: Order) -> list:
-    """lmtPrice and auxPrice: 0.0 where unused (a market order's limit), not the unset double."""
-    return [order.limit_price if order.limit_price is not None else 0.0, 0.0]
+    """lmtPrice and auxPrice (a stop price, or a trailing amount): 0.0 where unused (a market
+    order's limit), not the unset double."""
+    return [_or(order.limit_price, 0.0), _or(order.aux_price, 0.0)]
+
+
+def _or(x: float | None, absent):
+    """A price the order may not have, else what TWS writes in its place (0.0, "" or the unset double)."""
+    return absent if x is None else x
+
+
+def _algo(order: Order) -> list:
+    """algoStrategy, then its parameters (count, tag, value...) when there is one."""
+    if not order.algo_strategy:
+        return [""]
+    return [order.algo_strategy, len(order.algo_params), *(x for kv in order.algo_params.items() for x in kv)]
 
 
 def _delta_neutral() -> list:
@@ -165,9 +178,11 @@ def _delta_neutral() -> list:
             "?", 0, 0, ""]  # openClose, shortSale, shortSaleSlot, designatedLocation
 
 
-def _adjusted() -> list:
-    """adjustedOrderType .. adjustableTrailingUnit: none, each price unset."""
-    return ["None", *[UNSET_DOUBLE] * 6, 0]
+def _adjusted(order: Order) -> list:
+    """adjustedOrderType .. adjustableTrailingUnit: no adjustment; trailStopPrice and lmtPriceOffset
+    sit among them (ib_insync reads trailStopPrice here last)."""
+    return ["None", UNSET_DOUBLE, _or(order.trail_stop_price, UNSET_DOUBLE), _or(order.lmt_price_offset, UNSET_DOUBLE),
+            *[UNSET_DOUBLE] * 3, 0]
 
 
 def open_order(version: int, order: Order, with_commission: bool = False) -> list:
@@ -178,27 +193,28 @@ def open_order(version: int, order: Order, with_commission: bool = False) -> lis
     commission = [round(order.commission, 2), "", "", listing.currency] if with_commission else ["", "", "", ""]
     fields = [OPEN_ORDER, order.order_id, *_order_contract(listing),
               order.action, number(order.quantity), order.order_type, *_order_prices(order),
-              order.tif, "",  # ocaGroup
+              order.tif, order.oca_group,
               order.account, "", 0,  # openClose (none for a stock), origin (customer)
               order.order_ref, order.client_id, order.perm_id,
               order.outside_rth, False,  # outsideRth, hidden
               0, "", "",  # discretionaryAmt, goodAfterTime, deprecated sharesAllocation
               "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
-              "", "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
+              order.good_till_date, "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
               0, "", -1,  # shortSaleSlot, designatedLocation, exemptCode
               0, "", "", "", "", "",  # auctionStrategy, startingPrice, stockRefPrice, delta, stockRangeLower, stockRangeUpper
               UNSET_INTEGER, False, False, False, "",  # displaySize, blockOrder, sweepToFill, allOrNone, minQty
-              3, False, False, "",  # ocaType, eTradeOnly, firmQuoteOnly, nbboPriceCap
-              0, 0,  # parentId, triggerMethod
+              order.oca_type or 3, False, False, "",  # ocaType (TWS's default 3), eTradeOnly, firmQuoteOnly, nbboPriceCap
+              order.parent_id, 0,  # parentId, triggerMethod (0: the default, last for stocks)
               "", 0, *_delta_neutral(),  # volatility, volatilityType, delta-neutral order
-              False, 0, "", "",  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent
+              False, 0,  # continuousUpdate, referencePriceType
+              _or(order.trail_stop_price, ""), _or(order.trailing_percent, ""),
               "", "", "",  # basisPoints, basisPointsType, comboLegsDescrip
               0, 0, 0,  # combo legs, order combo legs, smart combo routing params
               UNSET_INTEGER, UNSET_INTEGER, "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
               "",  # hedgeType
               False, "", "IB", False,  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
               False,  # deltaNeutralContract present
-              "",  # algoStrategy
+              *_algo(order),
               False, False,  # solicited, whatIf
               order.status,
               *[UNSET_DOUBLE] * 9,  # margin before / change / after (what-if orders only)
@@ -206,7 +222,7 @@ def open_order(version: int, order: Order, with_commission: bool = False) -> lis
               "",  # warningText
               False, False,  # randomizeSize, randomizePrice
               0,  # conditions
-              *_adjusted(),
+              *_adjusted(order),
               "", "", "",  # softDollarTier name, value, displayName
               0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
               0, False]  # discretionaryUpToLimitPrice, usePriceMgmtAlgo
@@ -229,25 +245,26 @@ def completed_order(version: int, order: Order) -> list:
     listing = order.listing
     fields = [COMPLETED_ORDER, *_order_contract(listing),
               order.action, number(order.remaining), order.order_type, *_order_prices(order),
-              order.tif, "", order.account, "", 0, order.order_ref, order.perm_id,  # ocaGroup, account, openClose, origin
+              order.tif, order.oca_group, order.account, "", 0, order.order_ref, order.perm_id,  # openClose, origin
               order.outside_rth, False, 0, "",  # outsideRth, hidden, discretionaryAmt, goodAfterTime
               "", "", "", "", "",  # faGroup, faMethod, faPercentage, faProfile, modelCode
-              "", "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
+              order.good_till_date, "", "", "",  # goodTillDate, rule80A, percentOffset, settlingFirm
               0, "", -1,  # shortSaleSlot, designatedLocation, exemptCode
               "", "", "", "", "",  # startingPrice, stockRefPrice, delta, stockRangeLower, stockRangeUpper
-              UNSET_INTEGER, False, False, "", 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
+              UNSET_INTEGER, False, False, "", order.oca_type or 3, 0,  # displaySize, sweepToFill, allOrNone, minQty, ocaType, triggerMethod
               "", 0, "None", "",  # volatility, volatilityType, deltaNeutralOrderType, deltaNeutralAuxPrice
               0, 0, 0, "",  # deltaNeutral conId, shortSale, shortSaleSlot, designatedLocation
-              False, 0, "", "", "",  # continuousUpdate, referencePriceType, trailStopPrice, trailingPercent, comboLegsDescrip
+              False, 0, _or(order.trail_stop_price, ""), _or(order.trailing_percent, ""),  # continuousUpdate .. trailingPercent
+              "",  # comboLegsDescrip
               0, 0, 0,  # combo legs, order combo legs, smart combo routing params
               UNSET_INTEGER, UNSET_INTEGER, "",  # scaleInitLevelSize, scaleSubsLevelSize, scalePriceIncrement
               "",  # hedgeType
               "", "IB", False,  # clearingAccount, clearingIntent, notHeld
               False,  # deltaNeutralContract present
-              "",  # algoStrategy
+              *_algo(order),
               False, order.status, False, False,  # solicited, status, randomizeSize, randomizePrice
               0,  # conditions
-              UNSET_DOUBLE, UNSET_DOUBLE,  # trailStopPrice, lmtPriceOffset
+              _or(order.trail_stop_price, UNSET_DOUBLE), _or(order.lmt_price_offset, UNSET_DOUBLE),  # trailStopPrice, lmtPriceOffset
               0, True, False,  # cashQty, dontUseAutoPriceForHedge, isOmsContainer
               "", number(order.filled), UNSET_INTEGER, False,  # autoCancelDate, filledQuantity, refFuturesConId, autoCancelParent
               "Not an insider or substantial shareholder",  # shareholder

@@ -560,15 +560,31 @@ class Session(asyncio.Protocol):
         listing = self.find_one(order_id, fields[2:14])
         if listing is None:
             return
-        unsupported = unsupported_order_features(fields)
+        tail = order_tail(fields)
+        unsupported = unsupported_order_features(fields, tail)
         if unsupported:
             self.error(order_id, 201, f"Order rejected - reason:{unsupported} is not supported by the simulated gateway")
             return
+        tif = (fields[21] or "DAY").upper()
+        good_till_date = fields[38]
+        try:
+            good_till = parse_end(good_till_date, 0.0) if tif == "GTD" and good_till_date.strip() else None
+        except (ValueError, KeyError):  # KeyError: ZoneInfo's for an unknown zone
+            self.error(order_id, 201, f"Order rejected - reason:the goodTillDate {good_till_date!r} is not "
+                                      "'YYYYMMDD HH:MM:SS [zone]'")
+            return
         request = OrderRequest(
             action=fields[16].upper(), quantity=float(fields[17] or 0), order_type=fields[18].upper(),
-            limit_price=float(fields[19]) if fields[19] else None, tif=(fields[21] or "DAY").upper(),
+            limit_price=price_field(fields[19]), tif=tif,
             account=fields[23], order_ref=fields[26], outside_rth=fields[33] == "1",
-            e_trade_only=fields[53] == "1", firm_quote_only=fields[54] == "1")
+            e_trade_only=fields[53] == "1", firm_quote_only=fields[54] == "1",
+            aux_price=price_field(fields[20]), oca_group=fields[22], transmit=fields[27] != "0",
+            parent_id=int(fields[28] or 0), oca_type=int(fields[47] or 0),
+            good_till_date=good_till_date,
+            good_till=good_till,
+            trail_stop_price=tail.trail_stop_price, trailing_percent=tail.trailing_percent,
+            lmt_price_offset=tail.lmt_price_offset, algo_strategy=tail.algo_strategy,
+            algo_params=tail.algo_params)
         self.gateway.broker_call(self, order_id, lambda b: b.place(self.client_id, order_id, listing, request))
 
     def cancel_order(self, fields):
@@ -757,24 +773,44 @@ class Session(asyncio.Protocol):
         self.accounts_changed.clear()
 
 
-def unsupported_order_features(fields: list[str]) -> str:
+def unsupported_order_features(fields: list[str], tail: "OrderTail") -> str:
     """Name an order feature the simulator would silently get wrong, else ''."""
     if fields[4] and fields[4] != "STK":
         return f"security type {fields[4]}"
-    if fields[27] == "0":
-        return "an order with transmit=False"
-    if fields[28] not in ("", "0"):
-        return "a child order (parentId)"
-    if what_if(fields):
+    if tail.what_if:
         return "a what-if order"
+    if tail.conditions:
+        return "an order with conditions"
     return ""
 
 
-def what_if(fields: list[str]) -> bool:
-    """Walk placeOrder's variable-length tail to the whatIf flag (see ib_insync Client.placeOrder)."""
+@dataclasses.dataclass
+class OrderTail:
+    """The placeOrder fields after the fixed part that the simulator reads."""
+
+    trail_stop_price: float | None = None
+    trailing_percent: float | None = None
+    algo_strategy: str = ""
+    algo_params: dict = dataclasses.field(default_factory=dict)
+    what_if: bool = False
+    conditions: int = 0
+    lmt_price_offset: float | None = None
+
+
+def price_field(text: str) -> float | None:
+    """A price the client may leave unset: empty, or the unset double, is None."""
+    value = float(text) if text else None
+    return None if value is None or value >= wire.UNSET_DOUBLE else value
+
+
+def order_tail(fields: list[str]) -> OrderTail:
+    """Walk placeOrder's variable-length tail (see ib_insync Client.placeOrder): trailing stop
+    price and percent, the algo and its parameters, whatIf, the conditions and lmtPriceOffset."""
+    tail = OrderTail()
     i = 35 + 1 + 31  # hidden, then '' .. deltaNeutralAuxPrice
     if fields[i - 2]:  # deltaNeutralOrderType
         i += 8
+    tail.trail_stop_price, tail.trailing_percent = price_field(fields[i + 2]), price_field(fields[i + 3])
     i += 4 + 3  # continuousUpdate .. trailingPercent, scale sizes and increment
     increment = fields[i - 1]
     if increment and 0 < float(increment) < wire.UNSET_DOUBLE:
@@ -784,12 +820,21 @@ def what_if(fields: list[str]) -> bool:
         i += 1
     i += 4  # optOutSmartRouting, clearingAccount, clearingIntent, notHeld
     i += 1 + (3 if fields[i] == "1" else 0)  # delta-neutral contract
-    algo = fields[i]
+    tail.algo_strategy = fields[i]
     i += 1
-    if algo:
-        i += 1 + 2 * int(fields[i])
+    if tail.algo_strategy:
+        count = int(fields[i] or 0)
+        tail.algo_params = dict(zip(fields[i + 1:i + 1 + 2 * count:2], fields[i + 2:i + 2 + 2 * count:2]))
+        i += 1 + 2 * count
     i += 1  # algoId
-    return fields[i] == "1"
+    tail.what_if = fields[i] == "1"
+    i += 1 + 4  # orderMiscOptions, solicited, randomizeSize, randomizePrice
+    if fields[18].upper() == "PEG BENCH":
+        i += 5
+    tail.conditions = int(fields[i] or 0)
+    if not tail.conditions:
+        tail.lmt_price_offset = price_field(fields[i + 3])  # after adjustedOrderType, triggerPrice
+    return tail
 
 
 def parse_end(text: str, now: float) -> float:
@@ -1060,7 +1105,7 @@ class SimGateway:
             # https://github.com/wboayue/rust-ibapi/blob/5fddde93/src/orders/tests.rs, cancel_order).
             for event in events:
                 owner = self.sessions.get(event.order.client_id)
-                if owner:
+                if owner and event.order.transmitted:
                     owner.send(msg.order_status(event.order))
                     owner.error(event.order.order_id, 202, "Order Canceled - reason:")
             return
@@ -1082,6 +1127,8 @@ class SimGateway:
             owner = self.sessions.get(event.order.client_id)
             if owner is None:
                 continue
+            if not event.order.transmitted:
+                continue  # TWS keeps an untransmitted order to itself
             if isinstance(event, OrderChanged):
                 owner.send_order(event.order)
             elif isinstance(event, OrderWarning):

@@ -63,9 +63,10 @@ def _window(listing: Listing, t: float, extended: bool) -> tuple[int, np.ndarray
 
 
 def extended_hours(order_type: str, outside_rth: bool) -> bool:
-    """Whether an order may trade outside regular hours: a limit order with outsideRth set
-    (TWS ignores the flag on market orders, which wait for the regular session)."""
-    return outside_rth and order_type == "LMT"
+    """Whether an order may trade outside regular hours: one with outsideRth set that trades at a
+    limit (a limit, or a stop or trailing stop that elects one), as IB allows in the US pre- and
+    post-market (TWS ignores the flag on market orders, which wait for the regular session)."""
+    return outside_rth and order_type in ("LMT", "STP LMT", "TRAIL LIMIT")
 
 
 class Sessions:
