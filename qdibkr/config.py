@@ -188,7 +188,12 @@ def queue_location(file: dict, db=None) -> str:
     """Where the queue is: ``db`` given, else ``QDIBKR_DB``, else ``[queue] db``, else the default. A
     ``postgresql://`` URL names a PostgreSQL database; anything else a SQLite file (``~`` expanded)."""
     where = str(db or os.environ.get("QDIBKR_DB") or file.get("queue", {}).get("db") or DEFAULT_DB)
-    return where if where.startswith(("postgresql://", "postgres://")) else str(Path(where).expanduser())
+    return where if is_database_url(where) else str(Path(where).expanduser())
+
+
+def is_database_url(where) -> bool:
+    """Whether a queue's location names a PostgreSQL database (else it is a SQLite file's path)."""
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
 
 
 class RiskSource:

@@ -29,11 +29,11 @@ import time
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+from .config import is_database_url
 from .errors import QdibkrError
 
 log = logging.getLogger("qdibkr.queue")
 
-URL_SCHEMES = ("postgresql://", "postgres://")
 CONNECT_TIMEOUT = 5  # seconds: an unreachable database is reported, not waited on
 RECONNECT_DELAY = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds between attempts of the runner's listener
 
@@ -42,13 +42,9 @@ class QueueUnavailable(QdibkrError):
     """The queue's database cannot be reached (or the connection dropped during an operation)."""
 
 
-def is_url(where) -> bool:
-    return isinstance(where, str) and where.startswith(URL_SCHEMES)
-
-
 def open_database(where) -> "SQLite | PostgreSQL":
     """The database a queue lives in, by where it is: a PostgreSQL URL, else a SQLite file's path."""
-    return PostgreSQL(where) if is_url(where) else SQLite(where)
+    return PostgreSQL(where) if is_database_url(where) else SQLite(where)
 
 
 class _Database:

@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 
 from . import validate
-from .config import current
+from .config import current, is_database_url
 from .errors import InputError
 from .model import SignalStatus, SignalType
-from .databases import is_url
 from .store import Store
 from .symbols import HK_SHARE, parse_symbol
 
@@ -30,7 +29,7 @@ def default_store() -> Store:
     """The configured queue (``config.current().queue_db``: QDIBKR_DB, ``[queue] db``, the default), one
     handle per file per process: the same queue the CLI and the runner use."""
     where = current().queue_db
-    key = where if is_url(where) else Path(where).resolve()
+    key = where if is_database_url(where) else Path(where).resolve()
     if key not in _stores:
         _stores[key] = Store(where)
     return _stores[key]
