@@ -338,7 +338,8 @@ def test_a_partly_filled_parent_sets_its_children_to_the_shares_filled(market):
     quote = gateway.broker.model.quote(LISTING, gateway.clock.now())
     size = quote.ask_size + 1000  # more than the best ask shows: a limit at the ask fills that much per pass
     parent, profit, loss = place_bracket(ib, contract, quote.ask, quote.ask + 5, quote.ask - 5, quantity=size)
-    wait_until(ib, lambda: parent.orderStatus.status == "Filled" and profit.order.totalQuantity == size)
+    wait_until(ib, lambda: parent.orderStatus.status == "Filled"
+               and profit.order.totalQuantity == loss.order.totalQuantity == size)  # each child's message came
     first = parent.fills[0].execution.shares
     assert first == quote.ask_size
     for child in (profit, loss):
