@@ -25,7 +25,7 @@ from ib_insync import IB, Contract, Order, Stock, TagValue, Trade, TradeLogEntry
 from .config import PRESET_LIST, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, PacingError,
                      TWSError, UnknownOrder)
-from .orders import LIMITED, OrderType, Terms
+from .orders import LIMITED, STOPS, OrderType, Terms
 from .symbols import FORMATS, HK_SHARE, SIMULATOR_TAG, US_STOCK, Symbol, parse_symbol
 
 log = logging.getLogger("qdibkr")
@@ -77,6 +77,7 @@ class OrderResult:
     quantity: float
     order_type: str
     limit_price: float | None
+    stop_price: float | None  # a stop or stop-limit order's trigger (a trailing stop's moves: see TWS)
     tif: str
     status: str
     filled: float
@@ -632,7 +633,8 @@ class Broker:
         return OrderResult(
             order_id=o.orderId, perm_id=o.permId, symbol=self._display(trade.contract), side=o.action,
             quantity=o.totalQuantity, order_type=o.orderType,
-            limit_price=_num(o.lmtPrice) if o.orderType in LIMITED else None, tif=o.tif,
+            limit_price=_num(o.lmtPrice) if o.orderType in LIMITED else None,
+            stop_price=_num(o.auxPrice) if o.orderType in STOPS else None, tif=o.tif,
             status=st.status, filled=_filled(trade), remaining=st.remaining,
             avg_fill_price=st.avgFillPrice or None, order_ref=o.orderRef, message=message)
 

@@ -86,6 +86,7 @@ def test_python_api_sends_each_type(ibkr, gateway, kind):
     result = ibkr.place_order("AAPL", "buy", 1, **keywords)
     assert result.status in ("PreSubmitted", "Submitted")
     assert_holds(at_gateway(gateway, result.order_id), expected)
+    assert (result.order_type, result.stop_price) == (expected["order_type"], keywords.get("stop"))
 
 
 def test_a_trailing_stop_with_a_first_stop_price():
@@ -109,6 +110,7 @@ def test_http_api_sends_each_type(connected, gateway):  # noqa: F811
         placed = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 1,
                                                            **fields}))
         assert_holds(at_gateway(gateway, placed["orderId"]), expected)
+        assert (placed["orderType"], placed["stopPrice"]) == (expected["order_type"], fields.get("stopPrice"))
     assert placed["tif"] == "GTD"
 
 
