@@ -26,7 +26,7 @@ from .broker import Broker
 from .config import RiskSource
 from .errors import InputError
 from .model import Side
-from .orders import LISTED_TYPES, Terms, good_till_instant
+from .orders import OrderType, Terms, good_till_instant, listing_name
 from .risk import Breach, Exposure, Order, check, trading_day
 from .store import SentOrder, Signal, Store
 from .symbols import US_STOCK, Symbol
@@ -153,7 +153,7 @@ class Gate:
         for code in terms.listing_codes:
             if code not in offered:
                 field, what = ("adaptive", "the Adaptive algo") if code == "ALGO" else ("order_type", terms.type)
-                raise InputError(field, f"{what} is not offered for {where}; its order types are "
-                                        f"{', '.join(sorted(offered & LISTED_TYPES))}")
+                taken = [str(t) for t in OrderType if listing_name(t) in offered]
+                raise InputError(field, f"{what} is not offered for {where}; it takes {', '.join(taken)}")
         if terms.outside_rth and sym.market != US_STOCK:
             raise InputError("outside_rth", f"only US stocks trade outside regular hours, not {where}")

@@ -40,10 +40,8 @@ LISTING_NAMES = {OrderType.STOP_LIMIT: "STPLMT", OrderType.TRAIL_LIMIT: "TRAILLM
 
 
 def listing_name(kind: OrderType) -> str:
+    """How a contract's orderTypes list names an order type (STPLMT for STP LMT)."""
     return LISTING_NAMES.get(kind, str(kind))
-
-
-LISTED_TYPES = frozenset(map(listing_name, OrderType))  # the types qdibkr sends, as listings name them
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ def test_http_api_refuses_bad_terms_naming_the_field(connected, gateway):  # noq
 
 # ---------------------------------------------------------------- what the listing takes
 @pytest.mark.parametrize("keywords, field, message", [
-    (dict(at_close=True), "order_type", "MOC is not offered for 0700.HK on SEHK"),
+    (dict(at_close=True), "order_type", "MOC is not offered for 0700.HK on SEHK; it takes MKT, LMT, STP, STP LMT, "
+                                        "TRAIL, TRAIL LIMIT$"),
     (dict(at_close=True, limit=300), "order_type", "LOC is not offered for 0700.HK on SEHK"),
     (dict(adaptive="normal"), "adaptive", "the Adaptive algo is not offered for 0700.HK on SEHK"),
     (dict(limit=300, outside_rth=True), "outside_rth", "only US stocks trade outside regular hours"),
