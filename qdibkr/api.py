@@ -72,7 +72,10 @@ from .symbols import HK_SHARE, parse_symbol
 
 MAX_BODY = 64 * 1024
 # Python's names of arguments the API spells differently: InputErrors from below name the HTTP field.
-HTTP_NAMES = {"signal_type": "signalType", "limit": "price", "order_id": "id"}
+HTTP_NAMES = {"signal_type": "signalType", "limit": "price", "order_id": "id", "order_type": "orderType",
+              "stop": "stopPrice", "trail_amount": "trailAmount", "trail_percent": "trailPercent",
+              "limit_offset": "limitOffset", "adaptive": "algo", "outside_rth": "outsideRth",
+              "good_till": "goodTill"}
 
 
 class ApiError(QdibkrError):
@@ -346,14 +349,24 @@ class Api:
 
     async def place_order(self, request: Request):
         given = read(await json_body(request), apispec.ORDER_FIELDS)
-        limit = limit_price(given)
         session = self.session
         if session.is_connected() and given.get("account", session.account) != session.account:
             raise InputError("account", f"this session trades account {session.account}; to trade "
                                         f"{given['account']}, disconnect and connect with that account")
+        if "priority" in given and "algo" not in given:
+            raise InputError("priority", "is the Adaptive algo's priority; send algo adaptive with it")
+        kind = apispec.ORDER_TYPES[given.get("orderType", "market")]
+        if kind == "TRAIL" and "limitOffset" in given:
+            kind = "TRAIL LIMIT"
         # Through the gate, as every face's orders: the kill switch, the risk limits, the short-sale rule.
-        return await session.place_order_async(given["symbol"], given["side"], given["quantity"], limit=limit,
-                                               tif=given.get("tif", "DAY"), market_type=given.get("marketType"))
+        with http_names():
+            return await session.place_order_async(
+                given["symbol"], given["side"], given["quantity"], order_type=kind, limit=given.get("price"),
+                stop=given.get("stopPrice"), trail_amount=given.get("trailAmount"),
+                trail_percent=given.get("trailPercent"), limit_offset=given.get("limitOffset"),
+                adaptive=given.get("priority", "normal") if "algo" in given else None,
+                outside_rth=given.get("outsideRth", False), tif=given.get("tif", "DAY"),
+                good_till=given.get("goodTill"), market_type=given.get("marketType"))
 
     async def cancel_order(self, request: Request):
         given = read(request.path_params, (apispec.ORDER_ID,), query=True)

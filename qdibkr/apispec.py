@@ -74,10 +74,36 @@ CONNECT_FIELDS = (
     Field("account", {"type": "string", "pattern": r"^[A-Za-z0-9._-]{0,32}$"},
           "account id; default: the only account of the login"),
 )
+# A direct order's types, as the API names them, and TWS's (a trailing order with a limitOffset is a trailing
+# limit); qdibkr.orders checks which fields each takes.
+ORDER_TYPES = {"market": "MKT", "limit": "LMT", "stop": "STP", "stop_limit": "STP LMT", "trailing": "TRAIL",
+               "moc": "MOC", "loc": "LOC"}
+POSITIVE = {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 10_000_000}
 ORDER_FIELDS = (
     SYMBOL,
     Field("side", {"type": "string", "enum": ["buy", "sell"]}, "buy or sell", required=True),
-    QUANTITY, MARKET_TYPE, ORDER_TYPE, PRICE, TIF,
+    QUANTITY, MARKET_TYPE,
+    Field("orderType", {"type": "string", "enum": list(ORDER_TYPES), "default": "market"},
+          "market (default), limit, stop, stop_limit, trailing, moc (market on close) or loc (limit on close)"),
+    dataclasses.replace(PRICE, description="the limit price: required for limit, stop_limit and loc, refused "
+                                           "for the other types"),
+    Field("stopPrice", POSITIVE, "the stop price: required for stop and stop_limit; for trailing, its first stop "
+                                 "price (default: from the market)"),
+    Field("trailAmount", POSITIVE, "trailing: the stop's distance from the best price, in money (or trailPercent)"),
+    Field("trailPercent", {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 100},
+          "trailing: the stop's distance from the best price, in percent, below 100 (or trailAmount)"),
+    Field("limitOffset", {"type": "number", "minimum": 0, "maximum": 10_000_000},
+          "trailing: makes it a trailing limit order, its limit this far beyond the stop"),
+    Field("algo", {"type": "string", "enum": ["adaptive"]}, "adaptive: IB's Adaptive algo (market and limit only)"),
+    Field("priority", {"type": "string", "enum": ["patient", "normal", "urgent"], "default": "normal"},
+          "the Adaptive algo's priority; with algo adaptive"),
+    Field("outsideRth", {"type": "boolean", "default": False},
+          "true: a US limit or stop_limit order may also trade outside regular hours"),
+    Field("tif", {"type": "string", "enum": ["DAY", "GTC", "GTD"], "default": "DAY"},
+          "time in force: DAY, GTC or GTD (with goodTill)"),
+    Field("goodTill", {"type": "string", "example": "20261231 16:00:00 US/Eastern",
+                       "pattern": r"^[0-9]{8} [0-9]{2}:[0-9]{2}:[0-9]{2} [A-Za-z0-9_/+-]{1,40}$"},
+          "tif GTD: when the order expires, as YYYYMMDD HH:MM:SS Zone, in the future"),
     Field("account", {"type": "string", "maxLength": 32},
           "the connected account, if given (an order goes to the account the session connected for)"),
 )
@@ -107,6 +133,8 @@ def _violation(value, schema: dict) -> str | None:
     kind = schema["type"]
     if kind == "string" and not isinstance(value, str):
         return "must be a string"
+    if kind == "boolean" and not isinstance(value, bool):
+        return "must be true or false"
     if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
         return "must be a whole number"
     if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -226,8 +254,8 @@ OPERATIONS = (
               {"type": "array", "items": POSITION}, errors=TWS),
     Operation("orders", "GET", "/api/ibkr/orders", "Open orders of every client",
               {"type": "array", "items": OPEN_ORDER}, errors=TWS),
-    Operation("place_order", "POST", "/api/ibkr/order", "Place a market or limit order; answers once TWS has "
-              "(409 while the kill switch is on)", dataclass_record(OrderResult), body=ORDER_FIELDS,
+    Operation("place_order", "POST", "/api/ibkr/order", "Place a market, limit, stop, stop-limit, trailing or "
+              "on-close order; answers once TWS has (409 while the kill switch is on)", dataclass_record(OrderResult), body=ORDER_FIELDS,
               errors=(*TWS, QUEUE_DOWN)),
     Operation("cancel_order", "DELETE", "/api/ibkr/order/{id}", "Cancel an open order this server placed",
               dataclass_record(OrderResult), body=(), errors=(404, *TWS)),

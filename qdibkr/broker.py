@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass
 
 import nest_asyncio2
 from eventkit import Event
-from ib_insync import IB, Contract, LimitOrder, MarketOrder, Stock, Trade, TradeLogEntry, util
+from ib_insync import IB, Contract, Order, Stock, TagValue, Trade, TradeLogEntry, util
 
 from .config import PRESET_LIST, Settings, load_settings
 from .errors import (ConnectError, ContractError, InputError, NotConnectedError, OrderRejected, PacingError,
                      TWSError, UnknownOrder)
+from .orders import LIMITED, STOPS, OrderType, Terms
 from .symbols import FORMATS, HK_SHARE, SIMULATOR_TAG, US_STOCK, Symbol, parse_symbol
 
 log = logging.getLogger("qdibkr")
@@ -76,6 +77,7 @@ class OrderResult:
     quantity: float
     order_type: str
     limit_price: float | None
+    stop_price: float | None  # a stop or stop-limit order's trigger (a trailing stop's moves: see TWS)
     tif: str
     status: str
     filled: float
@@ -237,6 +239,31 @@ def _reason(text: str) -> str:
     return text.split("reason:", 1)[1].strip() if "reason:" in text else text
 
 
+def ib_order(terms: Terms) -> Order:
+    """ib_insync's Order for the terms of an order (without its side, size and ids). A trailing stop's
+    amount goes in auxPrice, as TWS reads it; its first stop price, if given, in trailStopPrice."""
+    trails = terms.type in (OrderType.TRAIL, OrderType.TRAIL_LIMIT)
+    order = Order(orderType=str(terms.type), tif=terms.tif, outsideRth=terms.outside_rth,
+                  goodTillDate=terms.good_till or "")
+    if terms.limit is not None:
+        order.lmtPrice = float(terms.limit)
+    if terms.stop is not None and not trails:
+        order.auxPrice = float(terms.stop)
+    if trails:
+        if terms.trail_amount is not None:
+            order.auxPrice = float(terms.trail_amount)
+        else:
+            order.trailingPercent = float(terms.trail_percent)
+        if terms.stop is not None:
+            order.trailStopPrice = float(terms.stop)
+    if terms.limit_offset is not None:
+        order.lmtPriceOffset = float(terms.limit_offset)
+    if terms.adaptive:
+        order.algoStrategy = "Adaptive"
+        order.algoParams = [TagValue("adaptivePriority", terms.adaptive.title())]
+    return order
+
+
 class Broker:
     """A connection to TWS / IB Gateway, and everything TWS does for qdibkr.
 
@@ -250,6 +277,7 @@ class Broker:
         read_utc_execution_times(self.ib)
         self.account = ""
         self._contracts: dict[Symbol, tuple[Contract, float]] = {}
+        self._order_types: dict[int, frozenset[str]] = {}  # by conId: the listing's orderTypes, see order_types
         self._tickers: dict[Symbol, object] = {}  # streaming subscriptions kept for price_async
         self._errors: dict[int, list[tuple[int, str]]] = {}
         self._one_at_a_time: dict[str, asyncio.Lock] = {}  # see _request
@@ -508,8 +536,14 @@ class Broker:
             # TWS's minSize is the board lot on SEHK, 0.0001 (fractional shares) for a US stock, and
             # unset (0) before version 164; qdibkr trades whole shares, so those are lots of one.
             self._contracts[sym] = (found, max(1, int(details[0].minSize)))
+            self._order_types[found.conId] = frozenset(details[0].orderTypes.split(","))
         contract, lot = self._contracts[sym]
         return sym, contract, lot
+
+    def order_types(self, contract: Contract) -> frozenset[str]:
+        """The order types the listing of a contract from ``contract_async`` takes, as its contract
+        details name them (MKT, LMT, STPLMT, MOC, ALGO...)."""
+        return self._order_types[contract.conId]
 
     # ------------------------------------------------------------ account
     async def account_async(self) -> AccountSummary:
@@ -599,7 +633,8 @@ class Broker:
         return OrderResult(
             order_id=o.orderId, perm_id=o.permId, symbol=self._display(trade.contract), side=o.action,
             quantity=o.totalQuantity, order_type=o.orderType,
-            limit_price=_num(o.lmtPrice) if o.orderType == "LMT" else None, tif=o.tif,
+            limit_price=_num(o.lmtPrice) if o.orderType in LIMITED else None,
+            stop_price=_num(o.auxPrice) if o.orderType in STOPS else None, tif=o.tif,
             status=st.status, filled=_filled(trade), remaining=st.remaining,
             avg_fill_price=st.avgFillPrice or None, order_ref=o.orderRef, message=message)
 
@@ -611,16 +646,16 @@ class Broker:
             commission=report.commission if report.execId else None, commission_currency=report.currency, realized_pnl=report.realizedPNL,
             currency=fill.contract.currency, account=e.acctNumber)
 
-    async def place_async(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,
-                          tif: str = "DAY", order_ref: str = "", order_id: int = 0) -> OrderResult:
+    async def place_async(self, contract: Contract, action: str, quantity: float, terms: Terms = Terms(), *,
+                          order_ref: str = "", order_id: int = 0) -> OrderResult:
         """Send an order and return once TWS answers (a market order: once it fills, or after a moment);
         raise ``OrderRejected`` with IB's reason if TWS refuses it."""
-        trade = self.submit(contract, action, quantity, limit=limit, tif=tif, order_ref=order_ref, order_id=order_id)
+        trade = self.submit(contract, action, quantity, terms, order_ref=order_ref, order_id=order_id)
         order_id = trade.order.orderId
         errors = self._errors.setdefault(order_id, [])
         if not await until(self.ib, lambda: trade.orderStatus.status in ACKED_STATUSES or errors, ACK_TIMEOUT):
             return self._result(trade, f"TWS has not acknowledged order {order_id} within {ACK_TIMEOUT:g} s")
-        if limit is None and not trade.isDone():
+        if terms.type == OrderType.MARKET and not trade.isDone():
             # A market order normally fills at once: give the fill a moment to arrive.
             await until(self.ib, trade.isDone, MARKET_FILL_WAIT)
         elif trade.orderStatus.status == "PreSubmitted":
@@ -635,14 +670,14 @@ class Broker:
             await self.settle_async()  # the position updates sent with the fill: positions() read next agree
         return self._result(trade)
 
-    def submit(self, contract: Contract, action: str, quantity: float, *, limit: float | None = None,
-               tif: str = "DAY", order_ref: str = "", order_id: int = 0) -> Trade:
+    def submit(self, contract: Contract, action: str, quantity: float, terms: Terms = Terms(), *,
+               order_ref: str = "", order_id: int = 0) -> Trade:
         """Send an order as given, without waiting: its Trade follows TWS's answers.
 
         ``order_id`` 0 takes the next id; the runner passes the id it recorded before sending."""
-        order = (LimitOrder(action, quantity, float(limit)) if limit is not None
-                 else MarketOrder(action, quantity))
-        order.orderId, order.tif, order.orderRef, order.account = order_id, tif, order_ref, self.account
+        order = ib_order(terms)
+        order.action, order.totalQuantity = action, quantity
+        order.orderId, order.orderRef, order.account = order_id, order_ref, self.account
         return self.ib.placeOrder(contract, order)
 
     def next_order_id(self) -> int:

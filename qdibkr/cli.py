@@ -224,8 +224,14 @@ def cmd_runner(args):
 
 
 def cmd_order(args):
+    if args.stop_limit and args.limit is not None:
+        raise InputError("limit", "--stop-limit gives the limit already (its second price); leave out --limit")
+    stop, limit = args.stop_limit or (args.stop, args.limit)
+    trail = args.trail or {}
     with connected(args, store=queue_store(args)) as ibkr:  # its gate: the kill switch, risk limits, short sales
-        result = ibkr.place_order(args.symbol, args.side, args.quantity, limit=args.limit, tif=args.tif,
+        result = ibkr.place_order(args.symbol, args.side, args.quantity, limit=limit, stop=stop, **trail,
+                                  limit_offset=args.limit_offset, at_close=args.at_close, adaptive=args.adaptive,
+                                  outside_rth=args.outside_rth, tif=args.tif, good_till=args.good_till,
                                   market_type=args.market)
         show(result, args.json, vertical=True)
 
@@ -403,6 +409,16 @@ def cmd_serve(args):
 
 
 # ------------------------------------------------------------------ parser
+def trail(text: str) -> dict:
+    """--trail 2% (a percentage of the price) or --trail 1.5 (an amount of money), as place_order's keyword."""
+    percent = text.strip().endswith("%")
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a trail; write 2% or 1.5") from None
+    return {"trail_percent" if percent else "trail_amount": value}
+
+
 def quantity(text: str) -> float:
     try:
         value = float(text)
@@ -480,12 +496,28 @@ def build_parser() -> argparse.ArgumentParser:
     command("orders", cmd_orders, "open orders of every client", conn, output)
     trades = command("trades", cmd_trades, "today's executions with commissions", conn, output)
     trades.add_argument("--strategy", help="this strategy's fills from the queue instead")
-    order = command("order", cmd_order, "place a market order, or a limit order with --limit", conn, output)
+    order = command("order", cmd_order, "place a market order, or a limit, stop, stop-limit, trailing or "
+                                         "on-close order with the flags below", conn, output)
     order.add_argument("side", choices=["buy", "sell"])
     order.add_argument("symbol", help="AAPL, BRK.B, 0700.HK, 00700 or 700")
     order.add_argument("quantity", type=quantity)
     order.add_argument("--limit", type=float, metavar="PRICE", help="limit price (default: market order)")
-    order.add_argument("--tif", default="DAY", choices=["DAY", "GTC"], type=str.upper)
+    kind = order.add_mutually_exclusive_group()
+    kind.add_argument("--stop", type=float, metavar="PRICE", help="a stop order triggered at PRICE "
+                                                                   "(a stop-limit with --limit)")
+    kind.add_argument("--stop-limit", type=float, nargs=2, metavar=("STOP", "LIMIT"),
+                      help="a stop-limit order: its stop, then its limit")
+    kind.add_argument("--trail", type=trail, metavar="AMOUNT|PERCENT%",
+                      help="a trailing stop this far from the best price: 1.5 (money) or 2%% (percent)")
+    kind.add_argument("--at-close", action="store_true", help="at the closing auction: MOC (LOC with --limit)")
+    order.add_argument("--limit-offset", type=float, metavar="AMOUNT",
+                       help="with --trail: a trailing limit order, its limit this far beyond the stop")
+    order.add_argument("--adaptive", choices=["patient", "normal", "urgent"], type=str.lower,
+                       help="work a market or limit order with IB's Adaptive algo at this priority")
+    order.add_argument("--outside-rth", action="store_true",
+                       help="a US limit or stop-limit order may also trade outside regular hours")
+    order.add_argument("--tif", default="DAY", choices=["DAY", "GTC", "GTD"], type=str.upper)
+    order.add_argument("--good-till", metavar="'YYYYMMDD HH:MM:SS ZONE'", help="with --tif GTD: when it expires")
     order.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
     cancel = command("cancel", cmd_cancel, "cancel an open order placed by this client id", conn, output)
     cancel.add_argument("order_id", type=int)

@@ -4,8 +4,10 @@ The CLI, the HTTP API, the widgets, the Python API (all through ``ibkr.IBKR``)
 and the runner (for each signal, at the moment it sends it) call
 ``Gate.admit`` before anything reaches TWS. It measures what the rules need:
 
-- from TWS: the contract and its board lot, the account's position, the open
-  orders of every client on the symbol, a price when a notional limit needs one;
+- from TWS: the contract, its board lot and the order types its listing takes,
+  the account's position, the open orders of every client on the symbol (of
+  any type: a resting stop sell sells as surely as a limit sell), a price when
+  a notional limit needs one, TWS's clock (the trading day, a GTD's end);
 - from the queue, inside the one transaction that also journals the order:
   the kill switch, the strategy's position and its signals in flight, signals
   recorded ``submitting`` that TWS may not know yet, the orders sent in the
@@ -24,9 +26,10 @@ from .broker import Broker
 from .config import RiskSource
 from .errors import InputError
 from .model import Side
+from .orders import OrderType, Terms, good_till_instant, listing_name
 from .risk import Breach, Exposure, Order, check, trading_day
 from .store import SentOrder, Signal, Store
-from .symbols import Symbol
+from .symbols import US_STOCK, Symbol
 
 
 class Refused(InputError):
@@ -62,18 +65,19 @@ class Gate:
         self.open_orders_max_age = open_orders_max_age
         self.clock = clock  # POSIX seconds; None: TWS's clock, which decides the trading day
 
-    async def admit(self, symbol: str, side: Side, quantity: int, limit: float | None = None, *,
+    async def admit(self, symbol: str, side: Side, quantity: int, terms: Terms = Terms(), *,
                     strategy: str | None = None, market_type: str | None = None,
                     signal: Signal | None = None) -> Admitted:
-        """Check one order against every rule; journal it and return how to send it, or raise ``Refused``."""
-        return await self._judge(symbol, side, quantity, limit, strategy, market_type, signal, dry_run=False)
+        """Check one order against every rule; journal it and return how to send it, or raise ``Refused``
+        (or an ``InputError`` naming the field, for terms the listing or TWS's clock cannot take)."""
+        return await self._judge(symbol, side, quantity, terms, strategy, market_type, signal, dry_run=False)
 
-    async def preview(self, symbol: str, side: Side, quantity: int, limit: float | None = None, *,
+    async def preview(self, symbol: str, side: Side, quantity: int, terms: Terms = Terms(), *,
                       strategy: str | None = None, market_type: str | None = None) -> list[Breach]:
         """The rules the order would break if sent now (an order ticket shows them before sending);
         nothing is journalled."""
         try:
-            await self._judge(symbol, side, quantity, limit, strategy, market_type, None, dry_run=True)
+            await self._judge(symbol, side, quantity, terms, strategy, market_type, None, dry_run=True)
         except Refused as e:
             return e.breaches
         return []
@@ -85,13 +89,15 @@ class Gate:
         unposted = self.broker.unposted(contract)
         return int(self.broker.held(contract) + (max(unposted, 0) if side == Side.BUY else min(unposted, 0)))
 
-    async def _judge(self, symbol, side, quantity, limit, strategy, market_type, signal, dry_run) -> Admitted:
+    async def _judge(self, symbol, side, quantity, terms, strategy, market_type, signal, dry_run) -> Admitted:
         risk = self.risk()
         sym, contract, lot = await self.broker.contract_async(symbol, market_type)
-        order = Order(sym, side, quantity, limit, strategy)
+        self._check_listing(sym, contract, terms)
+        order = Order(sym, side, quantity, terms.limit, strategy)
         notional = None
         if risk.needs_prices:
-            price = limit or await self.broker.price_async(sym.display, sym.market)
+            # Kept simple: a stop is measured at its stop price, other orders without a limit at the quote.
+            price = terms.reference_price or await self.broker.price_async(sym.display, sym.market)
             rate = 1.0 if sym.currency == "USD" else self.broker.rate_to_base(sym.currency)
             notional = quantity * price * rate
         at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age)
@@ -103,6 +109,9 @@ class Gate:
             held = self._held(contract, side)
         known_refs = {ref for ref, _, _ in at_tws if ref}
         now = self.clock() if self.clock else (await self.broker.server_time_async()).timestamp()
+        if terms.good_till is not None and good_till_instant(terms.good_till) <= now:
+            raise InputError("good_till", f"{terms.good_till!r} has passed (TWS's clock); a GTD order needs "
+                                          f"an end in the future")
         day = trading_day(sym.market, now)
         order_id = 0 if dry_run else signal.order_id if signal and signal.order_id else self.broker.next_order_id()
 
@@ -136,3 +145,15 @@ class Gate:
             trading_day=day, order_id=order_id, signal_id=signal.id if signal else None),
             lease_holder=self.lease_holder)
         return Admitted(sym, contract, quantity, order_id)
+
+    def _check_listing(self, sym: Symbol, contract, terms: Terms):
+        """Terms the listing cannot take, refused before TWS would (error 387 for a type it lacks)."""
+        offered = self.broker.order_types(contract)
+        where = f"{sym.display} on {contract.primaryExchange or contract.exchange}"
+        for code in terms.listing_codes:
+            if code not in offered:
+                field, what = ("adaptive", "the Adaptive algo") if code == "ALGO" else ("order_type", terms.type)
+                taken = [str(t) for t in OrderType if listing_name(t) in offered]
+                raise InputError(field, f"{what} is not offered for {where}; it takes {', '.join(taken)}")
+        if terms.outside_rth and sym.market != US_STOCK:
+            raise InputError("outside_rth", f"only US stocks trade outside regular hours, not {where}")

@@ -11,6 +11,7 @@ on the first order, so a quote costs no database.
 from .broker import Broker, OrderResult
 from .config import RiskSource, current, load_settings
 from .gate import Gate
+from .orders import terms
 from .signals import default_store
 from .store import Store
 from . import validate
@@ -35,15 +36,27 @@ class IBKR(Broker):
         return self._gate
 
     async def place_order_async(self, symbol: str, side: str, quantity: float, *, limit: float | None = None,
-                                tif: str = "DAY", market_type: str | None = None,
-                                order_ref: str = "") -> OrderResult:
-        """Place a market order, or a limit order when ``limit`` is given, if the gate lets it go;
-        returns once TWS answers. ``Refused`` names the rule it breaks; nothing is sent then."""
+                                stop: float | None = None, trail_amount: float | None = None,
+                                trail_percent: float | None = None, limit_offset: float | None = None,
+                                at_close: bool = False, adaptive: str | None = None, outside_rth: bool = False,
+                                tif: str = "DAY", good_till: str | None = None, order_type: str | None = None,
+                                market_type: str | None = None, order_ref: str = "") -> OrderResult:
+        """Place an order if the gate lets it go; returns once TWS answers. Its type follows from the
+        prices given (see ``orders.terms``): ``limit`` alone a limit order, ``stop`` a stop (with ``limit``
+        a stop-limit), ``trail_amount`` or ``trail_percent`` a trailing stop (with ``limit_offset`` a
+        trailing limit), ``at_close`` a MOC (with ``limit`` a LOC), nothing a market order; or
+        ``order_type`` (MKT, LMT, STP, STP LMT, TRAIL, TRAIL LIMIT, MOC, LOC) says it. ``adaptive``
+        (patient, normal, urgent) works a market or limit order with IB's Adaptive algo; ``outside_rth``
+        lets a US limit or stop-limit order trade outside regular hours; ``tif`` GTD needs ``good_till``
+        ("YYYYMMDD HH:MM:SS Zone"). An ``InputError`` names the field at fault, ``Refused`` the rule the
+        order breaks; nothing is sent then."""
         self._require_connection()
         action, quantity = validate.side(side), validate.quantity(quantity)
-        tif, limit = validate.tif(tif), validate.limit_price(limit, "price")
-        admitted = await self.gate.admit(symbol, action, quantity, limit, market_type=market_type)
-        return await self.place_async(admitted.contract, action, quantity, limit=limit, tif=tif, order_ref=order_ref,
+        order = terms(order_type, limit=limit, stop=stop, trail_amount=trail_amount, trail_percent=trail_percent,
+                      limit_offset=limit_offset, at_close=at_close, adaptive=adaptive, outside_rth=outside_rth,
+                      tif=tif, good_till=good_till)
+        admitted = await self.gate.admit(symbol, action, quantity, order, market_type=market_type)
+        return await self.place_async(admitted.contract, action, quantity, order, order_ref=order_ref,
                                       order_id=admitted.order_id)
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:

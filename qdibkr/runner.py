@@ -53,6 +53,7 @@ from .config import CLIENT_IDS, Heartbeat, RiskSource, Settings, load_config, lo
 from .errors import ConnectError, ContractError, QdibkrError
 from .gate import Gate, Refused
 from .model import FINAL, IN_FLIGHT, WAITING
+from .orders import terms
 from .risk import RiskConfig
 from .store import CANCEL_OPEN_KEY, HALTED_KEY, Fill, LeaseLost, QueueUnavailable, Signal, Store
 
@@ -366,8 +367,9 @@ class Runner:
             self._refuse(signal, f"order refused: short_sale: strategy {signal.strategy!r} holds {position} "
                                  f"{signal.symbol}; nothing to close", "reject")
             return
+        order = terms(limit=signal.limit_price, tif=signal.tif)
         try:
-            admitted = await self.gate.admit(signal.symbol, signal.action, quantity, signal.limit_price,
+            admitted = await self.gate.admit(signal.symbol, signal.action, quantity, order,
                                              strategy=signal.strategy, market_type=signal.market, signal=signal)
         except ContractError as e:
             self._refuse(signal, str(e), "reject")
@@ -381,8 +383,8 @@ class Runner:
             self.stop()
             return
         # The gate recorded `submitting` before this send: a restart finds it at TWS by orderRef, or knows it never went.
-        self.ibkr.submit(admitted.contract, signal.action, quantity, limit=signal.limit_price, tif=signal.tif,
-                         order_ref=signal.order_ref, order_id=admitted.order_id)
+        self.ibkr.submit(admitted.contract, signal.action, quantity, order, order_ref=signal.order_ref,
+                         order_id=admitted.order_id)
 
     def _refuse(self, signal: Signal, reason: str, action: str):
         status = "held" if action == "hold" else "rejected"

@@ -44,6 +44,7 @@ from .gate import Refused
 from .ibkr import IBKR
 from .live import projected
 from .model import Side
+from .orders import terms
 from .signals import default_store, emit, wake_runner
 from .store import Store
 from .symbols import parse_symbol
@@ -362,7 +363,7 @@ class OrderTicket(widgets.VBox):
             sym, _, lot = await ibkr.contract_async(self.symbol.value, self.market.value or None)
             [quote] = await ibkr.quotes_async(sym.display)
             if not problems:  # the gate judges a well-formed order only
-                breaches = await ibkr.gate.preview(sym.display, Side(self.action), quantity, limit,
+                breaches = await ibkr.gate.preview(sym.display, Side(self.action), quantity, terms(limit=limit),
                                                    strategy=strategy, market_type=sym.market)
                 problems += [str(b) for b in breaches]
         except QdibkrError as e:

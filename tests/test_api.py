@@ -668,8 +668,9 @@ def test_openapi_document_lists_the_brief_endpoints(client):
         ("POST", "/api/ibkr/order"), ("DELETE", "/api/ibkr/order/{id}"), ("GET", "/api/ibkr/quote"),
         ("POST", "/api/ibkr/signal"), ("GET", "/api/ibkr/queue")}
     order = document["paths"]["/api/ibkr/order"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(order["properties"]) == {"symbol", "side", "quantity", "marketType", "orderType", "price", "tif",
-                                        "account"}
+    assert set(order["properties"]) == {"symbol", "side", "quantity", "marketType", "orderType", "price",
+                                        "stopPrice", "trailAmount", "trailPercent", "limitOffset", "algo",
+                                        "priority", "outsideRth", "tif", "goodTill", "account"}
     connect = document["paths"]["/api/ibkr/connect"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(connect["properties"]) == {"host", "port", "clientId", "account"}
 

@@ -28,6 +28,7 @@ from qdibkr import IBKR, Refused, emit
 from qdibkr.api import create_app
 from qdibkr.cli import main
 from qdibkr.config import RiskSource, Settings
+from qdibkr.orders import terms
 from qdibkr.risk import RiskConfig
 from qdibkr.runner import Runner, runner_settings
 from qdibkr.sim import catalogue
@@ -289,7 +290,7 @@ def preview(w: World, order: Order, strategy: str | None) -> list[str]:
     """What the gate says of the order now, asked by a separate Python session: nothing journalled or sent."""
     with IBKR(port=w.port, client_id=9, store=w.store) as ibkr:
         return [str(b) for b in ibkr.run(ibkr.gate.preview(order.symbol, order.side.upper(), order.quantity,
-                                                            order.limit, strategy=strategy))]
+                                                            terms(limit=order.limit), strategy=strategy))]
 
 
 def assert_refused_as_the_face_shows_it(path: str, outcome: Outcome, cell: Cell, rule: str):

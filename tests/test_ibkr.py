@@ -153,9 +153,9 @@ def test_board_lot_is_checked_before_sending(ibkr, gateway):
     (dict(symbol="AAPL", side="buy", quantity=0), "quantity"),
     (dict(symbol="AAPL", side="buy", quantity=1.5), "quantity"),
     (dict(symbol="AAPL", side="buy", quantity=1, tif="IOC"), "tif"),
-    (dict(symbol="AAPL", side="buy", quantity=1, limit=-3), "price"),
-    (dict(symbol="AAPL", side="buy", quantity=1, limit=math.inf), "price"),  # TWS would refuse it as malformed
-    (dict(symbol="AAPL", side="buy", quantity=1, limit=True), "price"),
+    (dict(symbol="AAPL", side="buy", quantity=1, limit=-3), "limit"),
+    (dict(symbol="AAPL", side="buy", quantity=1, limit=math.inf), "limit"),  # TWS would refuse it as malformed
+    (dict(symbol="AAPL", side="buy", quantity=1, limit=True), "limit"),
     (dict(symbol="AAPL", side="buy", quantity=1, market_type="HShare"), "symbol"),
 ])
 def test_bad_order_input_names_the_field_and_sends_nothing(ibkr, gateway, kwargs, field):

@@ -25,6 +25,7 @@ from ib_insync.util import UNSET_DOUBLE
 from qdibkr.broker import Broker
 from qdibkr import emit
 from qdibkr.errors import OrderRejected
+from qdibkr.orders import terms
 from qdibkr.sim import SimGateway, messages
 from qdibkr.sim.server import Session
 
@@ -293,7 +294,7 @@ def test_qdibkr_ends_an_order_refused_with_110(gateway):
         broker.ib.qualifyContracts(aapl)
         [ticker] = broker.ib.reqTickers(aapl)
         with pytest.raises(OrderRejected, match="error 110"):
-            broker.run(broker.place_async(aapl, "BUY", 5, limit=round(ticker.bid * 0.95, 2) + 0.005))
+            broker.run(broker.place_async(aapl, "BUY", 5, terms(limit=round(ticker.bid * 0.95, 2) + 0.005)))
         [trade] = broker.ib.trades()
         assert trade.orderStatus.status == "Cancelled" and trade.log[-1].errorCode == 110
         assert broker.orders().empty
