@@ -536,7 +536,7 @@ class Broker:
             # TWS's minSize is the board lot on SEHK, 0.0001 (fractional shares) for a US stock, and
             # unset (0) before version 164; qdibkr trades whole shares, so those are lots of one.
             self._contracts[sym] = (found, max(1, int(details[0].minSize)))
-            self._order_types[found.conId] = frozenset(details[0].orderTypes.split(","))
+            self._order_types[found.conId] = frozenset(filter(None, details[0].orderTypes.split(",")))
         contract, lot = self._contracts[sym]
         return sym, contract, lot
 

@@ -151,7 +151,7 @@ class Gate:
         offered = self.broker.order_types(contract)
         where = f"{sym.display} on {contract.primaryExchange or contract.exchange}"
         for code in terms.listing_codes:
-            if code not in offered:
+            if offered and code not in offered:  # a listing that names no types: TWS decides
                 field, what = ("adaptive", "the Adaptive algo") if code == "ALGO" else ("order_type", terms.type)
                 taken = [str(t) for t in OrderType if listing_name(t) in offered]
                 raise InputError(field, f"{what} is not offered for {where}; it takes {', '.join(taken)}")
