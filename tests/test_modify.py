@@ -1,0 +1,110 @@
+"""Modifying a working order (its size, limit, stop or trail) from each face: the Python API, the CLI and
+the HTTP API, against the simulated gateway. The gateway's own order shows the new values under the same
+id (no second order); a modification passes the same gate as a new order, its present size no longer
+counting, and a refused one changes nothing at the gateway.
+"""
+
+import json
+
+import pytest
+
+from qdibkr.config import RiskSource
+from qdibkr.errors import InputError, UnknownOrder
+from qdibkr.gate import Refused
+from qdibkr.ibkr import IBKR
+from qdibkr.risk import Limits, RiskConfig
+
+from .test_api import client, connected, ok, refused, server  # noqa: F401  (fixtures of the HTTP API's tests)
+from .test_cli import cli  # noqa: F401
+from .test_order_types import at_gateway, quote
+
+
+def resting(gateway) -> dict:
+    """Prices at which a buy rests whatever the market: a limit 10% below the bid, a stop 10% above the ask."""
+    q = quote(gateway)
+    return dict(limit=round(q.bid * 0.9, 2), stop=round(q.ask * 1.1, 2))
+
+
+def snapshot(gateway) -> dict:
+    """The gateway's orders as plain values, to show that a refusal changed nothing."""
+    return {key: (o.quantity, o.order_type, o.limit_price, o.aux_price, o.trailing_percent, o.status)
+            for key, o in gateway.broker.orders.items()}
+
+
+# ---------------------------------------------------------------- the Python API
+def test_python_api_modifies_limit_stop_and_quantity(ibkr, gateway):
+    p = resting(gateway)
+    limit = ibkr.place_order("AAPL", "buy", 2, limit=p["limit"])
+    stop = ibkr.place_order("AAPL", "buy", 2, stop=p["stop"])
+    changed = ibkr.modify_order(limit.order_id, limit=round(p["limit"] - 1, 2), quantity=3)
+    assert (changed.order_id, changed.limit_price, changed.quantity) == (limit.order_id, round(p["limit"] - 1, 2), 3)
+    order = at_gateway(gateway, limit.order_id)
+    assert (order.order_type, order.limit_price, order.quantity) == ("LMT", pytest.approx(p["limit"] - 1), 3)
+    changed = ibkr.modify_order(stop.order_id, stop=round(p["stop"] + 1, 2))
+    assert (changed.stop_price, changed.quantity) == (round(p["stop"] + 1, 2), 2)
+    order = at_gateway(gateway, stop.order_id)
+    assert (order.order_type, order.aux_price, order.quantity) == ("STP", pytest.approx(p["stop"] + 1), 2)
+    assert len(gateway.broker.orders) == 2  # the same two orders, modified
+
+
+def test_python_api_modifies_a_trail_from_amount_to_percent(ibkr, gateway):
+    placed = ibkr.place_order("AAPL", "buy", 1, trail_amount=5)
+    ibkr.modify_order(placed.order_id, trail_percent=3)
+    order = at_gateway(gateway, placed.order_id)
+    assert (order.order_type, order.aux_price, order.trailing_percent) == ("TRAIL", None, 3)
+
+
+@pytest.mark.parametrize("order_id, changes, error, field", [
+    (999, dict(limit=1.0), UnknownOrder, "order_id"),
+    (None, dict(), InputError, "quantity"),  # nothing to change
+    (None, dict(stop=1.0), InputError, "stop"),  # a stop on a limit order
+    (None, dict(quantity=0), InputError, "quantity"),
+    (None, dict(limit=-1), InputError, "limit"),
+])
+def test_python_api_refusals_change_nothing(ibkr, gateway, order_id, changes, error, field):
+    placed = ibkr.place_order("AAPL", "buy", 1, limit=resting(gateway)["limit"])
+    before = snapshot(gateway)
+    with pytest.raises(error) as e:
+        ibkr.modify_order(order_id or placed.order_id, **changes)
+    assert e.value.field == field
+    assert snapshot(gateway) == before
+
+
+def test_a_limit_on_a_market_order_is_refused_naming_it(ibkr, gateway):
+    """A filled market order is no longer open; a resting market-on-close order takes no limit."""
+    filled = ibkr.place_order("AAPL", "buy", 1)
+    with pytest.raises(UnknownOrder):
+        ibkr.modify_order(filled.order_id, limit=1.0)
+    moc = ibkr.place_order("AAPL", "buy", 1, at_close=True)  # rests until the close
+    before = snapshot(gateway)
+    with pytest.raises(InputError) as e:
+        ibkr.modify_order(moc.order_id, limit=1.0)
+    assert e.value.field == "limit" and "MOC order takes no limit" in str(e.value)
+    assert snapshot(gateway) == before
+
+
+def test_the_gate_judges_the_new_size_without_counting_the_old(gateway, store):
+    """max_order_quantity and the kill switch stop a modification as they stop an order; the short-sale rule
+    counts the order's new size and not its old one besides; max_orders_per_day does not count it."""
+    limits = Limits(max_order_quantity=10, max_orders_per_day=3)
+    with IBKR(port=gateway.port, client_id=3, store=store, risk=RiskSource.fixed(RiskConfig(limits=limits))) as ibkr:
+        ibkr.place_order("AAPL", "buy", 10)
+        sell = ibkr.place_order("AAPL", "sell", 6, limit=round(quote(gateway).ask * 1.1, 2))
+        buy = ibkr.place_order("AAPL", "buy", 5, limit=resting(gateway)["limit"])  # the day's third order
+        before = snapshot(gateway)
+        with pytest.raises(Refused, match="11 shares exceed the global max_order_quantity of 10") as e:
+            ibkr.modify_order(buy.order_id, quantity=11)
+        assert e.value.rule == "max_order_quantity"
+        with pytest.raises(Refused, match="selling 11 AAPL would sell short: account holds 10") as e:
+            ibkr.modify_order(sell.order_id, quantity=11)
+        assert e.value.rule == "short_sale"
+        assert snapshot(gateway) == before
+        # 6 -> 10 sells the holding once: the order's old 6 do not count against its new 10
+        assert ibkr.modify_order(sell.order_id, quantity=10).quantity == 10
+        assert ibkr.modify_order(buy.order_id, quantity=7).quantity == 7  # past max_orders_per_day: no new order
+        store.halt("test")
+        before = snapshot(gateway)
+        with pytest.raises(Refused, match="trading is halted") as e:
+            ibkr.modify_order(buy.order_id, quantity=6)
+        assert e.value.rule == "halted"
+        assert snapshot(gateway) == before
