@@ -108,3 +108,35 @@ def test_the_gate_judges_the_new_size_without_counting_the_old(gateway, store):
             ibkr.modify_order(buy.order_id, quantity=6)
         assert e.value.rule == "halted"
         assert snapshot(gateway) == before
+
+
+# ---------------------------------------------------------------- the CLI
+def test_cli_modifies_limit_stop_and_quantity(cli, gateway):
+    p = resting(gateway)
+    code, out, err = cli("order", "buy", "AAPL", "2", "--limit", str(p["limit"]), "--json")
+    limit_id = json.loads(out)["order_id"]
+    code, out, err = cli("order", "buy", "AAPL", "2", "--stop", str(p["stop"]), "--json")
+    stop_id = json.loads(out)["order_id"]
+    code, out, err = cli("modify", str(limit_id), "--limit", str(round(p["limit"] - 1, 2)), "--quantity", "3", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["order_id"], shown["limit_price"], shown["quantity"]) == (limit_id, round(p["limit"] - 1, 2), 3)
+    code, out, err = cli("modify", str(stop_id), "--stop", str(round(p["stop"] + 1, 2)))  # a table
+    assert code == 0 and "stop_price" in out and str(round(p["stop"] + 1, 2)) in out, err
+    assert (at_gateway(gateway, limit_id).limit_price, at_gateway(gateway, limit_id).quantity) == \
+        (pytest.approx(p["limit"] - 1), 3)
+    assert at_gateway(gateway, stop_id).aux_price == pytest.approx(p["stop"] + 1)
+    assert len(gateway.broker.orders) == 2
+
+
+def test_cli_refusals_name_the_field_and_change_nothing(cli, gateway):
+    code, out, _ = cli("order", "buy", "AAPL", "1", "--limit", str(resting(gateway)["limit"]), "--json")
+    order_id = json.loads(out)["order_id"]
+    before = snapshot(gateway)
+    for argv, words in [(["999", "--limit", "1"], "order_id: no open order 999"),
+                        ([str(order_id)], "quantity: nothing to change"),
+                        ([str(order_id), "--stop", "1"], "stop: a LMT order takes no stop price"),
+                        ([str(order_id), "--trail", "2%"], "trail_percent: only a trailing stop takes a trail")]:
+        code, _, err = cli("modify", *argv)
+        assert code == 2 and words in err, (argv, err)
+    assert snapshot(gateway) == before
