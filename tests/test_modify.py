@@ -140,3 +140,39 @@ def test_cli_refusals_name_the_field_and_change_nothing(cli, gateway):
         code, _, err = cli("modify", *argv)
         assert code == 2 and words in err, (argv, err)
     assert snapshot(gateway) == before
+
+
+# ---------------------------------------------------------------- the HTTP API
+def test_http_api_modifies_limit_stop_and_quantity(connected, gateway):  # noqa: F811
+    p = resting(gateway)
+    limit = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 2,
+                                                      "orderType": "limit", "price": p["limit"]}))
+    stop = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 2,
+                                                     "orderType": "stop", "stopPrice": p["stop"]}))
+    changed = ok(connected.patch(f"/api/ibkr/order/{limit['orderId']}",
+                                 json={"price": round(p["limit"] - 1, 2), "quantity": 3}))
+    assert (changed["orderId"], changed["limitPrice"], changed["quantity"]) == \
+        (limit["orderId"], round(p["limit"] - 1, 2), 3)
+    changed = ok(connected.patch(f"/api/ibkr/order/{stop['orderId']}", json={"stopPrice": round(p["stop"] + 1, 2)}))
+    assert changed["stopPrice"] == round(p["stop"] + 1, 2)
+    assert (at_gateway(gateway, limit["orderId"]).limit_price, at_gateway(gateway, limit["orderId"]).quantity) == \
+        (pytest.approx(p["limit"] - 1), 3)
+    assert at_gateway(gateway, stop["orderId"]).aux_price == pytest.approx(p["stop"] + 1)
+    assert len(gateway.broker.orders) == 2
+
+
+def test_http_api_refusals_change_nothing(connected, gateway, store):  # noqa: F811
+    """``store`` is the server's own queue (the same file): its kill switch stops a modification too."""
+    placed = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 1,
+                                                       "orderType": "limit", "price": resting(gateway)["limit"]}))
+    path = f"/api/ibkr/order/{placed['orderId']}"
+    before = snapshot(gateway)
+    refused(connected.patch("/api/ibkr/order/999", json={"price": 1}), 404, "id")
+    refused(connected.patch(path, json={}), 400, "quantity")  # nothing to change
+    refused(connected.patch(path, json={"stopPrice": 1}), 400, "stopPrice")  # a stop on a limit order
+    refused(connected.patch(path, json={"trailPercent": 2}), 400, "trailPercent")
+    refused(connected.patch(path, json={"orderType": "stop"}), 400, "orderType")  # not a field it takes
+    refused(connected.patch(path, content=b"{}"), 415, "Content-Type")
+    store.halt("test")
+    assert "trading is halted" in refused(connected.patch(path, json={"quantity": 2}), 409, "halted")["error"]
+    assert snapshot(gateway) == before
