@@ -848,6 +848,7 @@ class Broker:
         for name in PRICE_FIELDS:
             setattr(order, name, getattr(fresh, name))
         order.totalQuantity = quantity
+        status = trade.orderStatus.status
         errors = self._errors.setdefault(order.orderId, [])
         errors.clear()
         self.ib.placeOrder(trade.contract, order)
@@ -856,8 +857,12 @@ class Broker:
         await self.settle_async()
         refusals = [(c, t) for c, t in errors if c in ORDER_ERRORS and c != 202]
         if refusals:
-            for name, value in before.items():  # TWS kept the order as it was
+            # TWS keeps the order working as it was; ib_insync takes any error on an order for its end
+            # (Cancelled), so its terms and status are put back.
+            for name, value in before.items():
                 setattr(order, name, value)
+            trade.orderStatus.status = status
+            trade.log.append(TradeLogEntry(self.ib.wrapper.lastTime, status, "modification refused: works on"))
             code, text = refusals[0]
             raise OrderRejected(code, f"IB rejected the modification of order {order.orderId} (error {code}): "
                                       f"{_reason(text)}")

@@ -5,11 +5,14 @@ counting, and a refused one changes nothing at the gateway.
 """
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from qdibkr.config import RiskSource
-from qdibkr.errors import InputError, UnknownOrder
+from qdibkr.errors import InputError, OrderRejected, UnknownOrder
 from qdibkr.gate import Refused
 from qdibkr.ibkr import IBKR
 from qdibkr.risk import Limits, RiskConfig
@@ -176,3 +179,48 @@ def test_http_api_refusals_change_nothing(connected, gateway, store):  # noqa: F
     store.halt("test")
     assert "trading is halted" in refused(connected.patch(path, json={"quantity": 2}), 409, "halted")["error"]
     assert snapshot(gateway) == before
+
+
+# ---------------------------------------------------------------- the README's examples
+def readme_modify_examples() -> tuple[str, str]:
+    """The README's `qdibkr modify` line and its PATCH curl, each naming order 12."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [command] = [line.split("#")[0].split() for line in readme.splitlines() if line.startswith("qdibkr modify ")]
+    [curl] = [line for line in readme.splitlines() if line.startswith("curl -X PATCH ")]
+    return command, curl
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not on PATH")
+def test_readme_modify_examples_run(cli, connected, server, gateway):  # noqa: F811
+    """The README's examples on an order of the test's own in place of order 12, the CLI's limit a resting one
+    (the README's 249.5 may lie anywhere from the simulated market, whose prices follow the host's clock)."""
+    command, curl = readme_modify_examples()
+    assert command[:3] == ["qdibkr", "modify", "12"] and "--limit" in command
+    limit = resting(gateway)["limit"]
+    code, out, err = cli("order", "buy", "AAPL", "5", "--limit", str(limit), "--json")
+    order_id = json.loads(out)["order_id"]
+    argv = [str(order_id), *command[3:]]
+    argv[argv.index("--limit") + 1] = str(limit - 1)
+    code, out, err = cli("modify", *argv, "--json")
+    assert code == 0, err
+    assert (json.loads(out)["limit_price"], json.loads(out)["quantity"]) == (limit - 1, 8)
+    trailing = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 1,
+                                                         "orderType": "trailing", "trailPercent": 5}))
+    done = subprocess.run(["bash", "-c", curl.replace("http://localhost:5000", server)
+                           .replace("/order/12", f"/order/{trailing['orderId']}")],
+                          capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout)["success"] is True, done.stdout
+    assert at_gateway(gateway, trailing["orderId"]).trailing_percent == 3
+
+
+def test_a_modification_tws_refuses_leaves_the_order_working(ibkr, gateway):
+    """TWS refuses a buy limit far above the market (error 201) and the order works on as it was:
+    ib_insync's Cancelled is undone, and the order can still be modified."""
+    p = resting(gateway)
+    placed = ibkr.place_order("AAPL", "buy", 1, limit=p["limit"])
+    with pytest.raises(OrderRejected, match="error 201"):
+        ibkr.modify_order(placed.order_id, limit=round(quote(gateway).ask * 1.5, 2))
+    order = at_gateway(gateway, placed.order_id)
+    assert (order.status, order.limit_price) == ("Submitted", pytest.approx(p["limit"]))
+    assert ibkr.modify_order(placed.order_id, quantity=2).quantity == 2
+    assert at_gateway(gateway, placed.order_id).quantity == 2
