@@ -250,7 +250,8 @@ class Operation:
     errors: tuple[int, ...] = ()  # statuses it may answer besides 200, 400, 403 (Origin), 413/415 and 401 (token)
 
 
-JSON_METHODS = ("POST", "PATCH", "DELETE")  # their requests must say Content-Type: application/json, even without a body
+# Their requests must say Content-Type: application/json, even without a body.
+JSON_METHODS = ("POST", "PATCH", "DELETE")
 TWS = (409, 502)
 QUEUE_DOWN = 503  # the queue's database could not be reached
 OPERATIONS = (

@@ -86,6 +86,8 @@ class IBKR(Broker):
         if "trail_percent" in changes:
             changes.setdefault("trail_amount", None)
         new_terms = dataclasses.replace(order_terms(trade.order), **changes)
+        # The size judged is the order's whole new size (TWS's totalQuantity), shares already filled included:
+        # for a partly filled order the rules see those twice (held, and in the order), erring towards refusal.
         size = int(trade.order.totalQuantity) if quantity is None else validate.quantity(quantity)
         admitted = await self.gate.admit_change(order_id, self._display(trade.contract), Side(trade.order.action),
                                                 size, new_terms)

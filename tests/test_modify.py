@@ -114,17 +114,19 @@ def test_the_gate_judges_the_new_size_without_counting_the_old(gateway, store):
 
 
 # ---------------------------------------------------------------- the CLI
-def test_cli_modifies_limit_stop_and_quantity(cli, gateway):
+def test_cli_modifies_limit_stop_and_quantity(cli, gateway, tmp_path):
+    db = ["--db", str(tmp_path / "queue.sqlite")]
     p = resting(gateway)
-    code, out, err = cli("order", "buy", "AAPL", "2", "--limit", str(p["limit"]), "--json")
+    code, out, err = cli("order", "buy", "AAPL", "2", "--limit", str(p["limit"]), "--json", *db)
     limit_id = json.loads(out)["order_id"]
-    code, out, err = cli("order", "buy", "AAPL", "2", "--stop", str(p["stop"]), "--json")
+    code, out, err = cli("order", "buy", "AAPL", "2", "--stop", str(p["stop"]), "--json", *db)
     stop_id = json.loads(out)["order_id"]
-    code, out, err = cli("modify", str(limit_id), "--limit", str(round(p["limit"] - 1, 2)), "--quantity", "3", "--json")
+    code, out, err = cli("modify", str(limit_id), "--limit", str(round(p["limit"] - 1, 2)), "--quantity", "3",
+                         "--json", *db)
     assert code == 0, err
     shown = json.loads(out)
     assert (shown["order_id"], shown["limit_price"], shown["quantity"]) == (limit_id, round(p["limit"] - 1, 2), 3)
-    code, out, err = cli("modify", str(stop_id), "--stop", str(round(p["stop"] + 1, 2)))  # a table
+    code, out, err = cli("modify", str(stop_id), "--stop", str(round(p["stop"] + 1, 2)), *db)  # a table
     assert code == 0 and "stop_price" in out and str(round(p["stop"] + 1, 2)) in out, err
     assert (at_gateway(gateway, limit_id).limit_price, at_gateway(gateway, limit_id).quantity) == \
         (pytest.approx(p["limit"] - 1), 3)
@@ -132,16 +134,20 @@ def test_cli_modifies_limit_stop_and_quantity(cli, gateway):
     assert len(gateway.broker.orders) == 2
 
 
-def test_cli_refusals_name_the_field_and_change_nothing(cli, gateway):
-    code, out, _ = cli("order", "buy", "AAPL", "1", "--limit", str(resting(gateway)["limit"]), "--json")
+def test_cli_refusals_name_the_field_and_change_nothing(cli, gateway, store):
+    db = ["--db", str(store.location)]
+    code, out, _ = cli("order", "buy", "AAPL", "1", "--limit", str(resting(gateway)["limit"]), "--json", *db)
     order_id = json.loads(out)["order_id"]
     before = snapshot(gateway)
     for argv, words in [(["999", "--limit", "1"], "order_id: no open order 999"),
                         ([str(order_id)], "quantity: nothing to change"),
                         ([str(order_id), "--stop", "1"], "stop: a LMT order takes no stop price"),
                         ([str(order_id), "--trail", "2%"], "trail_percent: only a trailing stop takes a trail")]:
-        code, _, err = cli("modify", *argv)
+        code, _, err = cli("modify", *argv, *db)
         assert code == 2 and words in err, (argv, err)
+    store.halt("checking the books")
+    code, _, err = cli("modify", str(order_id), "--quantity", "2", *db)
+    assert code == 2 and "halted: trading is halted (checking the books)" in err
     assert snapshot(gateway) == before
 
 
@@ -191,17 +197,18 @@ def readme_modify_examples() -> tuple[str, str]:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not on PATH")
-def test_readme_modify_examples_run(cli, connected, server, gateway):  # noqa: F811
+def test_readme_modify_examples_run(cli, connected, server, gateway, tmp_path):  # noqa: F811
     """The README's examples on an order of the test's own in place of order 12, the CLI's limit a resting one
     (the README's 249.5 may lie anywhere from the simulated market, whose prices follow the host's clock)."""
     command, curl = readme_modify_examples()
     assert command[:3] == ["qdibkr", "modify", "12"] and "--limit" in command
     limit = resting(gateway)["limit"]
-    code, out, err = cli("order", "buy", "AAPL", "5", "--limit", str(limit), "--json")
+    db = ["--db", str(tmp_path / "queue.sqlite")]
+    code, out, err = cli("order", "buy", "AAPL", "5", "--limit", str(limit), "--json", *db)
     order_id = json.loads(out)["order_id"]
     argv = [str(order_id), *command[3:]]
     argv[argv.index("--limit") + 1] = str(limit - 1)
-    code, out, err = cli("modify", *argv, "--json")
+    code, out, err = cli("modify", *argv, "--json", *db)
     assert code == 0, err
     assert (json.loads(out)["limit_price"], json.loads(out)["quantity"]) == (limit - 1, 8)
     trailing = ok(connected.post("/api/ibkr/order", json={"symbol": "AAPL", "side": "buy", "quantity": 1,
