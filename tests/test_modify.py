@@ -105,6 +105,8 @@ def test_the_gate_judges_the_new_size_without_counting_the_old(gateway, store):
         # 6 -> 10 sells the holding once: the order's old 6 do not count against its new 10
         assert ibkr.modify_order(sell.order_id, quantity=10).quantity == 10
         assert ibkr.modify_order(buy.order_id, quantity=7).quantity == 7  # past max_orders_per_day: no new order
+        journalled = store.read(lambda db: db.execute("SELECT SUM(n) AS n FROM order_counts").fetchone()["n"])
+        assert journalled == 3  # the three orders; the modifications are none
         store.halt("test")
         before = snapshot(gateway)
         with pytest.raises(Refused, match="trading is halted") as e:
