@@ -14,7 +14,7 @@ into JSON of one of two shapes::
 The status says which failure: 400 bad input (``field`` names it), 401 missing
 or wrong token, 403 live trading not enabled on this server or a web page of
 another origin asking, 404 no such open order, 409 not connected or halted,
-413 body over 64 KiB, 415 a POST or DELETE not sent as application/json,
+413 body over 64 KiB, 415 a POST, PATCH or DELETE not sent as application/json,
 502 TWS refused or could not be reached, 503 the queue's database could not be
 reached (a PostgreSQL queue's server down). A 500 is a bug in qdibkr.
 
@@ -23,7 +23,7 @@ Security. The server listens on loopback unless an API token is configured
 with a token, every request needs ``Authorization: Bearer <token>`` (compared
 in constant time) and a request without it reaches no endpoint. Without one,
 only requests addressed to a loopback name are served, so a web page cannot
-reach the API by DNS rebinding. Every POST and DELETE must say
+reach the API by DNS rebinding. Every POST, PATCH and DELETE must say
 ``Content-Type: application/json`` (an empty body too), which a page cannot
 send to another origin without the browser asking first (CORS preflight); and
 a request whose ``Origin`` is not the server's own is refused outright, so a
@@ -265,7 +265,7 @@ class SameOrigin:
 
 class Guard:
     """In front of every endpoint: with a token, the request must carry it; without one, it must be
-    addressed to a loopback name; a POST or DELETE must say Content-Type: application/json.
+    addressed to a loopback name; a POST, PATCH or DELETE must say Content-Type: application/json.
     A refused request reaches no endpoint, so it changes nothing."""
 
     def __init__(self, app, token: str | None):
@@ -367,6 +367,15 @@ class Api:
                 adaptive=given.get("priority", "normal") if "algo" in given else None,
                 outside_rth=given.get("outsideRth", False), tif=given.get("tif", "DAY"),
                 good_till=given.get("goodTill"), market_type=given.get("marketType"))
+
+    async def modify_order(self, request: Request):
+        order_id = read(request.path_params, (apispec.ORDER_ID,), query=True)["id"]
+        given = read(await json_body(request), apispec.MODIFY_FIELDS)
+        # Through the gate, as a new order: the kill switch, the risk limits, the short-sale rule.
+        with http_names():
+            return await self.session.modify_order_async(
+                order_id, quantity=given.get("quantity"), limit=given.get("price"), stop=given.get("stopPrice"),
+                trail_amount=given.get("trailAmount"), trail_percent=given.get("trailPercent"))
 
     async def cancel_order(self, request: Request):
         given = read(request.path_params, (apispec.ORDER_ID,), query=True)

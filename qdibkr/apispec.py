@@ -30,7 +30,7 @@ VERSION = "1.0.0"
 DESCRIPTION = """Interactive Brokers TWS / IB Gateway over HTTP: US and Hong Kong stocks, paper by default.
 
 Every answer is JSON: `{"success": true, "data": ...}`, or `{"success": false, "error": "...", "field": ...,
-"twsCode": ...}` with the status saying what kind of failure it is. Every POST and DELETE says
+"twsCode": ...}` with the status saying what kind of failure it is. Every POST, PATCH and DELETE says
 `Content-Type: application/json`, with `{}` as the body when there is nothing to send (else 415); a field
 not listed for a request is refused. A request with an `Origin` other than the server's own is refused
 (403) unless that origin is in the server's `[api] cors_origins`."""
@@ -106,6 +106,15 @@ ORDER_FIELDS = (
           "tif GTD: when the order expires, as YYYYMMDD HH:MM:SS Zone, in the future"),
     Field("account", {"type": "string", "maxLength": 32},
           "the connected account, if given (an order goes to the account the session connected for)"),
+)
+# What a modification may change, named as the order's own fields; the order keeps its type.
+MODIFY_FIELDS = (
+    dataclasses.replace(QUANTITY, required=False, description="the order's new size in shares"),
+    dataclasses.replace(PRICE, description="the new limit price (limit, stop_limit and loc orders only)"),
+    Field("stopPrice", POSITIVE, "the new stop price (stop and stop_limit orders; a trailing order's new stop)"),
+    Field("trailAmount", POSITIVE, "a trailing order's new distance from the best price, in money"),
+    Field("trailPercent", {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 100},
+          "a trailing order's new distance from the best price, in percent, below 100"),
 )
 SIGNAL_FIELDS = (
     Field("signalType", {"type": "string", "enum": list(SIGNAL_TYPES)},
@@ -241,7 +250,8 @@ class Operation:
     errors: tuple[int, ...] = ()  # statuses it may answer besides 200, 400, 403 (Origin), 413/415 and 401 (token)
 
 
-JSON_METHODS = ("POST", "DELETE")  # their requests must say Content-Type: application/json, even without a body
+# Their requests must say Content-Type: application/json, even without a body.
+JSON_METHODS = ("POST", "PATCH", "DELETE")
 TWS = (409, 502)
 QUEUE_DOWN = 503  # the queue's database could not be reached
 OPERATIONS = (
@@ -257,6 +267,10 @@ OPERATIONS = (
     Operation("place_order", "POST", "/api/ibkr/order", "Place a market, limit, stop, stop-limit, trailing or "
               "on-close order; answers once TWS has (409 while the kill switch is on)", dataclass_record(OrderResult), body=ORDER_FIELDS,
               errors=(*TWS, QUEUE_DOWN)),
+    Operation("modify_order", "PATCH", "/api/ibkr/order/{id}", "Change the size, limit, stop or trail of an open "
+              "order this server placed (its type stays), through the same checks as a new order; answers once "
+              "TWS has (409 while the kill switch is on)", dataclass_record(OrderResult), body=MODIFY_FIELDS,
+              errors=(404, *TWS, QUEUE_DOWN)),
     Operation("cancel_order", "DELETE", "/api/ibkr/order/{id}", "Cancel an open order this server placed",
               dataclass_record(OrderResult), body=(), errors=(404, *TWS)),
     Operation("quote", "GET", "/api/ibkr/quote", "Bid, ask, last, close and volume (delayed when not subscribed)",

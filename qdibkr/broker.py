@@ -221,8 +221,9 @@ def frame(rows: list[dict], columns: list[str]):
 
 
 def _num(x) -> float | None:
-    """ib_insync marks a missing price as NaN (or -1 for some sizes); we say None."""
-    if x is None or (isinstance(x, float) and (math.isnan(x) or x == -1)):
+    """ib_insync marks a missing price as NaN (or -1 for some sizes, or an order's unset price as the largest
+    float); we say None."""
+    if x is None or (isinstance(x, float) and (math.isnan(x) or x == -1 or x > 1e300)):
         return None
     return float(x)
 
@@ -262,6 +263,26 @@ def ib_order(terms: Terms) -> Order:
         order.algoStrategy = "Adaptive"
         order.algoParams = [TagValue("adaptivePriority", terms.adaptive.title())]
     return order
+
+
+# What a modification may change besides the size: the prices ``ib_order`` sets (the type stays).
+PRICE_FIELDS = ("lmtPrice", "auxPrice", "trailingPercent", "trailStopPrice", "lmtPriceOffset")
+
+
+def order_terms(order: Order) -> Terms:
+    """The terms of a working order, as ``ib_order`` would have made them: what a modification starts
+    from. A trailing stop's first stop price is left out: it has moved with the market since, and
+    sending it again would set the stop back there."""
+    kind = OrderType(order.orderType)
+    trails = kind in (OrderType.TRAIL, OrderType.TRAIL_LIMIT)
+    adaptive = next((p.value.lower() for p in order.algoParams or () if p.tag == "adaptivePriority"), None)
+    return Terms(kind, limit=_num(order.lmtPrice) if kind in LIMITED else None,
+                 stop=_num(order.auxPrice) if kind in STOPS else None,
+                 trail_amount=_num(order.auxPrice) if trails and _num(order.trailingPercent) is None else None,
+                 trail_percent=_num(order.trailingPercent) if trails else None,
+                 limit_offset=_num(order.lmtPriceOffset) if kind == OrderType.TRAIL_LIMIT else None,
+                 adaptive=adaptive if order.algoStrategy == "Adaptive" else None, outside_rth=order.outsideRth,
+                 tif=order.tif or "DAY", good_till=order.goodTillDate or None)
 
 
 class Broker:
@@ -683,8 +704,10 @@ class Broker:
     def next_order_id(self) -> int:
         return self.ib.client.getReqId()
 
-    async def open_orders_async(self, contract: Contract, max_age: float = 0.0) -> list[tuple[str, str, float]]:
-        """(orderRef, side, shares left) of every open order of any client for ``contract``.
+    async def open_orders_async(self, contract: Contract, max_age: float = 0.0,
+                                except_order: int = 0) -> list[tuple[str, str, float]]:
+        """(orderRef, side, shares left) of every open order of any client for ``contract``, but this
+        client's order ``except_order`` (one being modified: its new terms replace it).
 
         Other clients' orders are as TWS listed them (reqAllOpenOrders) at most ``max_age`` seconds ago
         (0: asked now); this client's own are followed live, including those TWS has not acknowledged."""
@@ -695,7 +718,7 @@ class Broker:
             self._all_open = loop.time(), listed
         mine = self.settings.client_id
         trades = [t for t in self._all_open[1] if t.order.clientId != mine and not t.isDone()]
-        trades += [t for t in self.open_trades() if t.order.clientId == mine]
+        trades += [t for t in self.open_trades() if t.order.clientId == mine and t.order.orderId != except_order]
         return [(t.order.orderRef, t.order.action, t.order.totalQuantity - t.orderStatus.filled) for t in trades
                 if t.contract.conId == contract.conId and t.order.account in ("", self.account)]
 
@@ -802,14 +825,51 @@ class Broker:
                 return float(v.value)
         raise TWSError(0, f"TWS reported no exchange rate for {currency} in account {self.account}")
 
-    async def cancel_order_async(self, order_id: int) -> OrderResult:
+    def own_open_trade(self, order_id: int) -> Trade:
+        """This client's working order with this id, or ``UnknownOrder``: only the client that placed an
+        order may cancel or modify it."""
         self._require_connection()
         trade = next((t for t in self.open_trades()
                       if t.order.orderId == order_id and t.order.clientId == self.settings.client_id), None)
         if trade is None:
             raise UnknownOrder("order_id", f"no open order {order_id} was placed by client id "
                                          f"{self.settings.client_id}; `qdibkr orders` lists open orders and "
-                                         f"their client ids (an order is cancelled by the client that placed it)")
+                                         f"their client ids (an order is cancelled or modified by the client "
+                                         f"that placed it)")
+        return trade
+
+    async def modify_async(self, trade: Trade, quantity: float, terms: Terms) -> OrderResult:
+        """Send a working order again under its own id with a new size and prices (TWS's way to modify
+        one); return once TWS has had a round trip to answer, or raise ``OrderRejected`` with its
+        reason, the order then working on as it was."""
+        order = trade.order
+        before = {name: getattr(order, name) for name in ("totalQuantity", *PRICE_FIELDS)}
+        fresh = ib_order(terms)
+        for name in PRICE_FIELDS:
+            setattr(order, name, getattr(fresh, name))
+        order.totalQuantity = quantity
+        status = trade.orderStatus.status
+        errors = self._errors.setdefault(order.orderId, [])
+        errors.clear()
+        self.ib.placeOrder(trade.contract, order)
+        # TWS answers a modification with the order's new terms or an error, before it answers a request
+        # sent after it: one round trip sees either.
+        await self.settle_async()
+        refusals = [(c, t) for c, t in errors if c in ORDER_ERRORS and c != 202]
+        if refusals:
+            # TWS keeps the order working as it was; ib_insync takes any error on an order for its end
+            # (Cancelled), so its terms and status are put back.
+            for name, value in before.items():
+                setattr(order, name, value)
+            trade.orderStatus.status = status
+            trade.log.append(TradeLogEntry(self.ib.wrapper.lastTime, status, "modification refused: works on"))
+            code, text = refusals[0]
+            raise OrderRejected(code, f"IB rejected the modification of order {order.orderId} (error {code}): "
+                                      f"{_reason(text)}")
+        return self._result(trade)
+
+    async def cancel_order_async(self, order_id: int) -> OrderResult:
+        trade = self.own_open_trade(order_id)
         errors = self._errors.setdefault(order_id, [])
         errors.clear()
         self.ib.cancelOrder(trade.order)

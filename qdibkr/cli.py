@@ -236,6 +236,13 @@ def cmd_order(args):
         show(result, args.json, vertical=True)
 
 
+def cmd_modify(args):
+    with connected(args, store=queue_store(args)) as ibkr:  # its gate: the kill switch, risk limits, short sales
+        result = ibkr.modify_order(args.order_id, quantity=args.quantity, limit=args.limit, stop=args.stop,
+                                   **(args.trail or {}))
+        show(result, args.json, vertical=True)
+
+
 def cmd_cancel(args):
     with connected(args) as ibkr:
         show(ibkr.cancel_order(args.order_id), args.json, vertical=True)
@@ -519,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--tif", default="DAY", choices=["DAY", "GTC", "GTD"], type=str.upper)
     order.add_argument("--good-till", metavar="'YYYYMMDD HH:MM:SS ZONE'", help="with --tif GTD: when it expires")
     order.add_argument("--market", choices=["USStock", "HShare"], help="market type (default: from the symbol)")
+    modify = command("modify", cmd_modify, "change the size, limit, stop or trail of an open order placed by this "
+                                           "client id (its type stays)", conn, output)
+    modify.add_argument("order_id", type=int)
+    modify.add_argument("--quantity", type=quantity, help="its new size in shares")
+    modify.add_argument("--limit", type=float, metavar="PRICE", help="its new limit price")
+    modify.add_argument("--stop", type=float, metavar="PRICE", help="its new stop price")
+    modify.add_argument("--trail", type=trail, metavar="AMOUNT|PERCENT%",
+                        help="its new trail: 1.5 (money) or 2%% (percent)")
     cancel = command("cancel", cmd_cancel, "cancel an open order placed by this client id", conn, output)
     cancel.add_argument("order_id", type=int)
     quote = command("quote", cmd_quote, "bid, ask, last, close and volume; delayed when not subscribed", conn, output)

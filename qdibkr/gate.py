@@ -72,6 +72,15 @@ class Gate:
         (or an ``InputError`` naming the field, for terms the listing or TWS's clock cannot take)."""
         return await self._judge(symbol, side, quantity, terms, strategy, market_type, signal, dry_run=False)
 
+    async def admit_change(self, order_id: int, symbol: str, side: Side, quantity: int, terms: Terms, *,
+                           market_type: str | None = None) -> Admitted:
+        """Check this client's working order ``order_id`` as modified to ``quantity`` and ``terms``, by
+        the same rules as a new order, its present size counting no longer (its new one replaces it);
+        raise ``Refused`` or return how to send it. Nothing is journalled: a modification is no new
+        order, so it does not count towards max_orders_per_day (and TWS keeps the order's id)."""
+        return await self._judge(symbol, side, quantity, terms, None, market_type, None, dry_run=False,
+                                 replacing=order_id)
+
     async def preview(self, symbol: str, side: Side, quantity: int, terms: Terms = Terms(), *,
                       strategy: str | None = None, market_type: str | None = None) -> list[Breach]:
         """The rules the order would break if sent now (an order ticket shows them before sending);
@@ -89,7 +98,8 @@ class Gate:
         unposted = self.broker.unposted(contract)
         return int(self.broker.held(contract) + (max(unposted, 0) if side == Side.BUY else min(unposted, 0)))
 
-    async def _judge(self, symbol, side, quantity, terms, strategy, market_type, signal, dry_run) -> Admitted:
+    async def _judge(self, symbol, side, quantity, terms, strategy, market_type, signal, dry_run,
+                     replacing: int = 0) -> Admitted:
         risk = self.risk()
         sym, contract, lot = await self.broker.contract_async(symbol, market_type)
         self._check_listing(sym, contract, terms)
@@ -100,7 +110,8 @@ class Gate:
             price = terms.reference_price or await self.broker.price_async(sym.display, sym.market)
             rate = 1.0 if sym.currency == "USD" else self.broker.rate_to_base(sym.currency)
             notional = quantity * price * rate
-        at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age)
+        # An order being modified is left out of the open orders: its new size is the one judged.
+        at_tws = await self.broker.open_orders_async(contract, self.open_orders_max_age, except_order=replacing)
         held = self._held(contract, side)  # after that await: a fill meanwhile is in one or the other
         if side == Side.SELL and quantity > held - sum(n for _, s, n in at_tws if s == Side.SELL):
             # TWS reports a fill's new position in a message of its own, which may still be on its way
@@ -113,7 +124,8 @@ class Gate:
             raise InputError("good_till", f"{terms.good_till!r} has passed (TWS's clock); a GTD order needs "
                                           f"an end in the future")
         day = trading_day(sym.market, now)
-        order_id = 0 if dry_run else signal.order_id if signal and signal.order_id else self.broker.next_order_id()
+        order_id = replacing or (0 if dry_run else signal.order_id if signal and signal.order_id
+                                 else self.broker.next_order_id())
 
         def judge(db):
             # Signals recorded `submitting` that TWS does not list yet are on their way to it all the same.
@@ -123,7 +135,8 @@ class Gate:
                 held=held,
                 buying=int(sum(n for s, n in on_the_way if s == Side.BUY)),
                 selling=int(sum(n for s, n in on_the_way if s == Side.SELL)),
-                orders_today=self.store.orders_today(db, day) if risk.counts_orders else 0)
+                # a modification is no new order: max_orders_per_day, reached or not, does not stop it
+                orders_today=self.store.orders_today(db, day) if risk.counts_orders and not replacing else 0)
             own = None
             if strategy:
                 buying, selling = self.store.in_flight(db, sym.display, strategy)
@@ -137,7 +150,7 @@ class Gate:
             if found:
                 raise Refused(found)
 
-        if dry_run:
+        if dry_run or replacing:  # a modification is journalled nowhere: it is no new order to count
             self.store.read(judge)
             return Admitted(sym, contract, quantity, order_id)
         self.store.admit(judge, SentOrder(

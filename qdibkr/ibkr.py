@@ -4,14 +4,19 @@
 each hold one too. It is the broker adapter (``broker.Broker``: quotes,
 positions, account, orders, bars) plus ``place_order``, which checks the input,
 asks the gate (``gate.Gate``: the kill switch, the risk limits, the short-sale
-rule, board lots) and only then sends. The queue the gate consults is opened
+rule, board lots) and only then sends; ``modify_order`` changes a working
+order's size or prices through the same gate. The queue the gate consults is opened
 on the first order, so a quote costs no database.
 """
 
-from .broker import Broker, OrderResult
+import dataclasses
+
+from .broker import Broker, OrderResult, order_terms
 from .config import RiskSource, current, load_settings
 from .gate import Gate
 from .orders import terms
+from .errors import InputError
+from .model import Side
 from .signals import default_store
 from .store import Store
 from . import validate
@@ -61,3 +66,32 @@ class IBKR(Broker):
 
     def place_order(self, symbol: str, side: str, quantity: float, **kwargs) -> OrderResult:
         return self.run(self.place_order_async(symbol, side, quantity, **kwargs))
+
+    async def modify_order_async(self, order_id: int, *, quantity: float | None = None, limit: float | None = None,
+                                 stop: float | None = None, trail_amount: float | None = None,
+                                 trail_percent: float | None = None) -> OrderResult:
+        """Change the size or prices of a working order this client placed, keeping its id and type;
+        returns once TWS has answered. The new terms are checked as a new order's are (a stop on a
+        limit order is refused, naming the field) and pass the gate with the new size and prices, the
+        order's present size no longer counting. ``UnknownOrder`` for an id that is not this client's
+        working order; nothing is sent on any refusal."""
+        changes = dict(limit=limit, stop=stop, trail_amount=trail_amount, trail_percent=trail_percent)
+        changes = {name: value for name, value in changes.items() if value is not None}
+        if quantity is None and not changes:
+            raise InputError("quantity", "nothing to change: give a quantity, limit, stop, trail_amount or "
+                                         "trail_percent")
+        trade = self.own_open_trade(order_id)
+        if "trail_amount" in changes:  # a trail is in money or in percent, never both
+            changes.setdefault("trail_percent", None)
+        if "trail_percent" in changes:
+            changes.setdefault("trail_amount", None)
+        new_terms = dataclasses.replace(order_terms(trade.order), **changes)
+        # The size judged is the order's whole new size (TWS's totalQuantity), shares already filled included:
+        # for a partly filled order the rules see those twice (held, and in the order), erring towards refusal.
+        size = int(trade.order.totalQuantity) if quantity is None else validate.quantity(quantity)
+        admitted = await self.gate.admit_change(order_id, self._display(trade.contract), Side(trade.order.action),
+                                                size, new_terms)
+        return await self.modify_async(trade, admitted.quantity, new_terms)
+
+    def modify_order(self, order_id: int, **changes) -> OrderResult:
+        return self.run(self.modify_order_async(order_id, **changes))

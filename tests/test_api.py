@@ -665,12 +665,15 @@ def test_openapi_document_lists_the_brief_endpoints(client):
     assert operations == {
         ("GET", "/api/ibkr/status"), ("POST", "/api/ibkr/connect"), ("POST", "/api/ibkr/disconnect"),
         ("GET", "/api/ibkr/account"), ("GET", "/api/ibkr/positions"), ("GET", "/api/ibkr/orders"),
-        ("POST", "/api/ibkr/order"), ("DELETE", "/api/ibkr/order/{id}"), ("GET", "/api/ibkr/quote"),
+        ("POST", "/api/ibkr/order"), ("PATCH", "/api/ibkr/order/{id}"), ("DELETE", "/api/ibkr/order/{id}"),
+        ("GET", "/api/ibkr/quote"),
         ("POST", "/api/ibkr/signal"), ("GET", "/api/ibkr/queue")}
     order = document["paths"]["/api/ibkr/order"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(order["properties"]) == {"symbol", "side", "quantity", "marketType", "orderType", "price",
                                         "stopPrice", "trailAmount", "trailPercent", "limitOffset", "algo",
                                         "priority", "outsideRth", "tif", "goodTill", "account"}
+    modify = document["paths"]["/api/ibkr/order/{id}"]["patch"]["requestBody"]["content"]["application/json"]
+    assert set(modify["schema"]["properties"]) == {"quantity", "price", "stopPrice", "trailAmount", "trailPercent"}
     connect = document["paths"]["/api/ibkr/connect"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(connect["properties"]) == {"host", "port", "clientId", "account"}
 
