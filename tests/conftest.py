@@ -18,10 +18,13 @@ from .pg import PostgresServer, PostgresUnavailable
 
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch, tmp_path):
-    """No test reads the developer's QDIBKR_* variables or config file."""
+    """No test reads the developer's QDIBKR_* variables, config file or queue."""
     for name in ("HOST", "PORT", "CLIENT_ID", "ACCOUNT", "PRESET", "LIVE", "DB"):
         monkeypatch.delenv(f"QDIBKR_{name}", raising=False)
     monkeypatch.setenv("QDIBKR_CONFIG", str(tmp_path / "no-config.toml"))
+    # A command run without --db (qdibkr order journals what it sends) uses a queue of the test's own,
+    # never the developer's ~/.local/share/qdibkr/queue.sqlite.
+    monkeypatch.setenv("QDIBKR_DB", str(tmp_path / "default-queue.sqlite"))
 
 
 @pytest.fixture(autouse=True)
