@@ -261,34 +261,28 @@ class PostgreSQL(_Database):
     def _begin(self, begin: tuple[str, ...]):
         if self._conn is None or self._conn.closed:  # closed after an earlier failure
             self._conn = self._connect(transaction=True)
-        try:
-            return super()._begin(begin)
-        except Exception as e:
-            if not self._lost(e):
-                raise
-        # The connection had dropped (the server restarted, an idle timeout, a network blip) before
-        # this transaction did anything: open it again and begin once more.
-        log.warning("the connection to the queue's database %s had dropped; reconnecting", self.shown)
-        self._conn.close()
-        self._conn = self._connect(transaction=True)
-        try:
-            return super()._begin(begin)
-        except Exception as e:
-            raise self._unavailable(e) if self._lost(e) else e
+        return self._again_if_dropped(lambda: super(PostgreSQL, self)._begin(begin))
 
     def query(self, sql: str, args=(), fetch=True) -> list:
         with self._lock:
-            try:
-                return super().query(sql, args, fetch)
-            except Exception as e:
-                if not self._lost(e):
-                    raise
-            self._conn.close()  # a read can be asked again on a new connection
-            self._conn = None
-            try:
-                return super().query(sql, args, fetch)
-            except Exception as e:
-                raise self._unavailable(e) if self._lost(e) else e
+            return self._again_if_dropped(lambda: _Database.query(self, sql, args, fetch))
+
+    def _again_if_dropped(self, action):
+        """``action()``, and if it finds the connection dropped (the server restarted, an idle timeout, a
+        network blip) before it did anything (beginning a transaction, one read), once more on a new one."""
+        try:
+            return action()
+        except Exception as e:
+            if not self._lost(e):
+                raise
+        log.warning("the connection to the queue's database %s had dropped; reconnecting", self.shown)
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._connect(transaction=True)
+        try:
+            return action()
+        except Exception as e:
+            raise self._unavailable(e) if self._lost(e) else e
 
     def _lost(self, error: BaseException) -> bool:
         import psycopg

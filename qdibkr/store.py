@@ -462,8 +462,7 @@ class Store:
         revision they are as of (``changed_since`` tells what changed after it)."""
         def read(db):
             revision = db.execute("SELECT n FROM counters WHERE name = 'revision'").fetchone()["n"]
-            rows = db.execute(f"SELECT * FROM signals WHERE status IN ({', '.join('?' * len(WAITING + IN_FLIGHT))}) "
-                              f"ORDER BY seq", WAITING + IN_FLIGHT).fetchall()
+            rows = db.execute(f"SELECT * FROM signals WHERE status IN ({_ON_THE_WAY_SQL}) ORDER BY seq").fetchall()
             return [self._signal(r) for r in rows], revision
         return self.read(read)
 
